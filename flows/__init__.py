@@ -1,0 +1,1 @@
+"""Bytewax dataflow definitions of recsys-stream (built by factories from settings)."""

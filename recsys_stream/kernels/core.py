@@ -1,0 +1,78 @@
+"""The state every model shares inside a shard, and the per-event bookkeeping on it.
+
+A shard's common arrays travel into kernels as one tuple, ``core``::
+
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng)
+
+- ``seen``/``seen_count``: pair set of (user row, item row) interactions (``pairset``);
+- ``active``: uint8 per item row, 0 once the item is retired from the catalog;
+- ``pop``/``pop_meta``: forward-decayed popularity (``popularity``);
+- ``dims``: int64 ``[n_users, n_items]``, rows seen so far (rows are handed out in order
+  of first appearance, so row ``>= dims[1]`` means "not seen by the stream yet");
+- ``uev``/``iev``: events per user row / item row (the user's count is its list version);
+- ``recent``: int32 ``[users, R]`` ring of each user's last R items (slot ``uev % R``);
+- ``rng``: the shard's SplitMix64 state (``common``).
+
+Outputs travel as one tuple, ``out``::
+
+    (pred, pos, topk, lst, lst_sc)
+
+- ``pred`` float32: the prequential prediction (rating or probability), NaN if none;
+- ``pos`` int16: position of the event's item in the pre-learning top-k, -1 for a miss,
+  -2 when the event was not ranked;
+- ``topk`` int32 ``[n, k]``: the pre-learning top-k (rows, -1 padded);
+- ``lst``/``lst_sc``: the list after learning from the event, for events flagged
+  ``WANT_LIST`` (what is sent to subscribers).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .pairset import pairset_add
+from .popularity import pop_learn
+
+# Event flags, set per event by the model wrapper.
+EVALUATE = 1  # compute the prequential prediction / ranking before learning
+LEARN = 2  # update the model's parameters with the event
+WANT_LIST = 4  # compute the user's list after learning (to be emitted)
+RANK = 8  # rank the catalog before learning (ranking metrics)
+
+CORE_FIELDS = (
+    "seen",
+    "seen_count",
+    "active",
+    "pop",
+    "pop_meta",
+    "dims",
+    "uev",
+    "iev",
+    "recent",
+    "rng",
+)
+
+
+@njit(cache=True, inline="always")
+def observe(core, u, i, t, weight):
+    """Record interaction (u, i) at time t: seen set, counts, popularity, recency ring."""
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    if u >= dims[0]:
+        dims[0] = u + 1
+    if i >= dims[1]:
+        dims[1] = i + 1
+    pairset_add(seen, seen_count, u, i)
+    pop_learn(pop, dims[1], pop_meta, i, t, weight)
+    R = recent.shape[1]
+    recent[u, uev[u] % R] = i
+    uev[u] += 1
+    iev[i] += 1
+
+
+@njit(cache=True, inline="always")
+def recent_item(recent, uev, u, back):
+    """The user's item ``back`` steps ago (0 = most recent), or -1."""
+    n = uev[u]
+    R = recent.shape[1]
+    if back >= n or back >= R:
+        return -1
+    return recent[u, (n - 1 - back) % R]

@@ -1,0 +1,148 @@
+"""Keyed state of a shard: id maps and named, growable numpy arrays.
+
+Every array a model or the shard keeps is declared with an ``ArraySpec`` saying whether
+its rows are users, items, items x items, or global. ``StateArrays`` grows them together
+(capacity doubling, new rows zero- or fill-initialised), and the same declarations drive
+checkpoints and digests: nothing is stored that is not declared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import repeat
+
+import numpy as np
+
+from .kernels.pairset import pairset_grow, pairset_new
+
+USER, ITEM, ITEM2, GLOBAL = "user", "item", "item2", "global"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    kind: str  # USER, ITEM, ITEM2 (rows and columns are items) or GLOBAL
+    tail: tuple = ()  # trailing shape (for USER/ITEM) or the whole shape (GLOBAL)
+    dtype: str = "float32"
+    fill: float = 0
+
+
+class StateArrays:
+    """Named arrays whose leading dimension follows the user or item capacity."""
+
+    def __init__(self, specs: list[ArraySpec], cap_users: int = 1024, cap_items: int = 1024):
+        self.specs = {s.name: s for s in specs}
+        self.cap_users = cap_users
+        self.cap_items = cap_items
+        self.arrays: dict[str, np.ndarray] = {}
+        for s in specs:
+            self.arrays[s.name] = self._alloc(s)
+
+    def add(self, specs: list[ArraySpec]) -> None:
+        for s in specs:
+            if s.name in self.specs:
+                raise ValueError(f"state array {s.name!r} declared twice")
+            self.specs[s.name] = s
+            self.arrays[s.name] = self._alloc(s)
+
+    def _shape(self, s: ArraySpec) -> tuple:
+        if s.kind == USER:
+            return (self.cap_users, *s.tail)
+        if s.kind == ITEM:
+            return (self.cap_items, *s.tail)
+        if s.kind == ITEM2:
+            return (self.cap_items, self.cap_items)
+        return tuple(s.tail)
+
+    def _alloc(self, s: ArraySpec) -> np.ndarray:
+        return np.full(self._shape(s), s.fill, dtype=s.dtype)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        self.arrays[name] = value
+
+    def ensure(self, n_users: int, n_items: int) -> None:
+        """Grow so that rows ``< n_users`` / ``< n_items`` exist."""
+        if n_users > self.cap_users:
+            old = self.cap_users
+            while self.cap_users < n_users:
+                self.cap_users *= 2
+            for s in self.specs.values():
+                if s.kind == USER:
+                    self.arrays[s.name] = self._grow(s, self.arrays[s.name], old)
+        if n_items > self.cap_items:
+            old = self.cap_items
+            while self.cap_items < n_items:
+                self.cap_items *= 2
+            for s in self.specs.values():
+                if s.kind in (ITEM, ITEM2):
+                    self.arrays[s.name] = self._grow(s, self.arrays[s.name], old)
+
+    def _grow(self, s: ArraySpec, arr: np.ndarray, old: int) -> np.ndarray:
+        new = self._alloc(s)
+        if s.kind == ITEM2:
+            new[:old, :old] = arr
+        else:
+            new[:old] = arr
+        return new
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+class IdMap:
+    """External string id <-> dense row, rows handed out in order of first appearance."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get(self, ext: str) -> int:
+        return self.index.get(ext, -1)
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``ids`` (-1 for unknown), without creating anything."""
+        get = self.index.get
+        return np.fromiter((get(x, -1) for x in ids), dtype=np.int64, count=len(ids))
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """Rows of ``ids``, creating rows for new ids in order; returns (rows, first new row)."""
+        first_new = len(self.ids)
+        out = np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+        missing = np.flatnonzero(out < 0)
+        if len(missing):
+            index = self.index
+            for j in missing:
+                x = ids[j]
+                r = index.get(x)
+                if r is None:
+                    r = len(self.ids)
+                    index[x] = r
+                    self.ids.append(x)
+                out[j] = r
+        return out, first_new
+
+    def add(self, ext: str) -> int:
+        r = self.index.get(ext)
+        if r is None:
+            r = len(self.ids)
+            self.index[ext] = r
+            self.ids.append(ext)
+        return r
+
+
+class PairSet:
+    """Growable (user row, item row) set, see ``kernels.pairset``."""
+
+    def __init__(self, capacity: int = 4096):
+        self.table = pairset_new(capacity)
+        self.count = np.zeros(1, dtype=np.int64)
+
+    def reserve(self, incoming: int) -> None:
+        self.table = pairset_grow(self.table, self.count, incoming)
+
