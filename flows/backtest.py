@@ -69,7 +69,7 @@ def run_backtest(
     source = ReplaySource(log, batch_size=settings.batch_size, passes=settings.passes, clock=clock)
     metrics = MetricsSink(acc, clock, total=source.total, progress=settings.progress)
     lists = None
-    if shard.lists != "none":
+    if shard.lists != "none" or shard.watch:
         lists = ListsSink(shard.model, path=lists_path, keep_latest=keep_lists)
     flow = build_flow(settings.flow, source, metrics_sink=metrics, lists_sink=lists, features=features)
     t0 = time.perf_counter()

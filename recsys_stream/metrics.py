@@ -155,11 +155,11 @@ class MetricsAccumulator:
             cum["ll"], cum["nl"] = np.cumsum(ll), np.cumsum(ok)
         ranked = pos > -2
         if ranked.any():
-            pr = pos.astype(np.float64)
             hit = ranked & (pos >= 0)
+            pr = np.maximum(pos, 0).astype(np.float64)
             cum["hit"] = np.cumsum(hit)
             cum["rr"] = np.cumsum(np.where(hit, 1.0 / (pr + 1.0), 0.0))
-            cum["ndcg"] = np.cumsum(np.where(hit, 1.0 / np.log2(np.maximum(pr, 0) + 2.0), 0.0))
+            cum["ndcg"] = np.cumsum(np.where(hit, 1.0 / np.log2(pr + 2.0), 0.0))
             cum["nk"] = np.cumsum(ranked)
         item_seq = np.sort(np.fromiter(self.item_first.values(), dtype=np.int64, count=len(self.item_first)))
         rec_seq = np.sort(np.fromiter(self.rec_first.values(), dtype=np.int64, count=len(self.rec_first)))

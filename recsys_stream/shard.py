@@ -38,6 +38,7 @@ class ShardSettings:
     evaluate: bool = True  # prequential metrics (predict / rank before learning)
     rank: bool | None = None  # force ranking metrics on (mf, ftrl) or off; None: model default
     lists: str = "none"  # which events get a fresh list: none, last (per user per batch), all
+    watch: frozenset = frozenset()  # users whose last event per batch gets a list even with lists="none"
 
     def __post_init__(self):
         if self.params is None:
@@ -163,9 +164,15 @@ class Shard:
         labels = like_labels(b.etype, b.value, getattr(s.params, "like_threshold", 4.0))
         p = Prepared(U, I, b.value, labels, b.ts, b.etype, b.ctx_ptr, b.ctx_hash)
         F = self.model.flags(p, s.evaluate)
-        if s.lists != "none":
+        want_lists = s.lists != "none" or bool(s.watch)
+        if want_lists:
             occ, last = occurrence(U)
-            F[last if s.lists == "last" else slice(None)] |= WANT_LIST
+            if s.lists == "all":
+                F |= WANT_LIST
+            elif s.lists == "last":
+                F[last] |= WANT_LIST
+            else:
+                F[last & np.isin(b.user, list(s.watch))] |= WANT_LIST
         out = (
             np.full(n, np.nan, dtype=np.float32),
             np.full(n, -2, dtype=np.int16),
@@ -193,7 +200,7 @@ class Shard:
             new_items = [(ids[r], int(b.seq[e])) for r, e in zip(rows[sel], first[sel])]
         new_recs = self._new_recs(F, topk, b.seq, k)
         lists = None
-        if s.lists != "none":
+        if want_lists:
             sel = np.flatnonzero(F & WANT_LIST)
             versions = uev_before[sel] + occ[sel] + 1
             lists = self._lists(sel, b, lst, lst_sc, versions)

@@ -1,0 +1,377 @@
+"""Plain-Python references of the Numba kernels, used only by the tests.
+
+Each reference follows its paper's update rules event by event with Python floats and
+dicts (numpy only for float32 storage where the kernel stores float32), with the same
+random stream, so a kernel must agree with it to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+M64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix64(z: int) -> int:
+    z &= M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def hash_combine(a: int, b: int) -> int:
+    return mix64((a * 0xBF58476D1CE4E5B9 + mix64(b + GOLDEN)) & M64)
+
+
+class Rng:
+    """SplitMix64 with the kernels' derived draws."""
+
+    def __init__(self, state: int):
+        self.state = state & M64
+
+    def next(self) -> int:
+        self.state = (self.state + GOLDEN) & M64
+        return mix64(self.state)
+
+    def uniform(self) -> float:
+        return (self.next() >> 11) * (1.0 / 9007199254740992.0)
+
+    def below(self, n: int) -> int:
+        return int(self.uniform() * n)
+
+    def normal(self) -> float:
+        u1 = max(self.uniform(), 1e-300)
+        u2 = self.uniform()
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def shard_seed(seed: int, index: int) -> int:
+    return mix64((seed + index) & M64)
+
+
+class Core:
+    """Shared shard state: seen pairs, decayed popularity, recency rings, counts."""
+
+    def __init__(self, half_life_days: float, recent: int, seed: int, index: int = 0):
+        self.rate = 0.0 if math.isinf(half_life_days) else math.log(2.0) / (half_life_days * 86400.0)
+        self.landmark = None
+        self.pop: dict[int, float] = {}
+        self.seen: set[tuple[int, int]] = set()
+        self.R = recent
+        self.recent: dict[int, list[int]] = {}
+        self.uev: dict[int, int] = {}
+        self.iev: dict[int, int] = {}
+        self.n_users = 0
+        self.n_items = 0
+        self.active: set[int] = set()  # retired rows (none in these tests)
+        self.rng = Rng(shard_seed(seed, index))
+
+    def observe(self, u: int, i: int, t: float) -> None:
+        self.n_users = max(self.n_users, u + 1)
+        self.n_items = max(self.n_items, i + 1)
+        self.seen.add((u, i))
+        if self.landmark is None:
+            self.landmark = t
+        self.pop[i] = self.pop.get(i, 0.0) + math.exp(self.rate * (t - self.landmark))
+        self.recent.setdefault(u, []).append(i)
+        self.uev[u] = self.uev.get(u, 0) + 1
+        self.iev[i] = self.iev.get(i, 0) + 1
+
+    def recent_item(self, u: int, back: int) -> int:
+        hist = self.recent.get(u, [])
+        if back >= len(hist) or back >= self.R:
+            return -1
+        return hist[len(hist) - 1 - back]
+
+    def pop_scores(self) -> list[float]:
+        return [self.pop.get(j, 0.0) for j in range(self.n_items)]
+
+    def pop_max(self) -> float:
+        return max(self.pop.values()) if self.pop else 0.0
+
+
+def topk(scores, n_cat: int, u: int, seen: set, k: int, retired=frozenset()) -> list[int]:
+    """Best k rows of ``scores[:n_cat]`` not seen by u; ties to the lower row."""
+    cand = [j for j in range(n_cat) if (u, j) not in seen and j not in retired and scores[j] == scores[j]]
+    cand.sort(key=lambda j: (-scores[j], j))
+    return cand[:k]
+
+
+def position(lst: list[int], i: int) -> int:
+    return lst.index(i) if i in lst else -1
+
+
+# -- biased MF (Koren et al. 2009), SGD ------------------------------------------------
+
+
+class MF:
+    def __init__(self, dim, lr, reg, bias_lr_min, bias_prior, bias_reg, init_std, adagrad, lo, hi, n_users, n_items):
+        self.dim, self.lr, self.reg = dim, lr, reg
+        self.bmin, self.bc, self.breg, self.init = bias_lr_min, bias_prior, bias_reg, init_std
+        self.adagrad, self.lo, self.hi = adagrad, lo, hi
+        self.P = np.zeros((n_users, dim), np.float32)
+        self.Q = np.zeros((n_items, dim), np.float32)
+        self.bu = [0.0] * n_users
+        self.bi = [0.0] * n_items
+        self.cu = [0] * n_users
+        self.ci = [0] * n_items
+        self.gu = [0.0] * n_users
+        self.gi = [0.0] * n_items
+        self.gsum = 0.0
+        self.gcnt = 0.0
+
+    def predict_raw(self, u, i):
+        mu = self.gsum / self.gcnt if self.gcnt > 0 else 0.5 * (self.lo + self.hi)
+        raw = mu
+        if self.cu[u] > 0:
+            raw += self.bu[u]
+        if self.ci[i] > 0:
+            raw += self.bi[i]
+        if self.cu[u] > 0 and self.ci[i] > 0:
+            raw += sum(float(self.P[u, d]) * float(self.Q[i, d]) for d in range(self.dim))
+        return raw
+
+    def scores(self, u, n_cat):
+        return [self.bi[j] + sum(float(self.P[u, d]) * float(self.Q[j, d]) for d in range(self.dim))
+                for j in range(n_cat)]
+
+    def learn(self, u, i, r, raw, rng: Rng):
+        if self.cu[u] == 0:
+            for d in range(self.dim):
+                self.P[u, d] = self.init * rng.normal()
+        if self.ci[i] == 0:
+            for d in range(self.dim):
+                self.Q[i, d] = self.init * rng.normal()
+        err = r - raw
+        self.bu[u] += max(self.bmin, 1.0 / (self.cu[u] + self.bc)) * (err - self.breg * self.bu[u])
+        self.bi[i] += max(self.bmin, 1.0 / (self.ci[i] + self.bc)) * (err - self.breg * self.bi[i])
+        eta_u = eta_i = self.lr
+        if self.adagrad:
+            g1 = sum((err * float(self.Q[i, d]) - self.reg * float(self.P[u, d])) ** 2 for d in range(self.dim))
+            g2 = sum((err * float(self.P[u, d]) - self.reg * float(self.Q[i, d])) ** 2 for d in range(self.dim))
+            self.gu[u] += g1 / self.dim
+            self.gi[i] += g2 / self.dim
+            eta_u = self.lr / math.sqrt(self.gu[u] + 1e-8)
+            eta_i = self.lr / math.sqrt(self.gi[i] + 1e-8)
+        pu_old = [float(x) for x in self.P[u]]
+        for d in range(self.dim):
+            self.P[u, d] = float(self.P[u, d]) + eta_u * (err * float(self.Q[i, d]) - self.reg * float(self.P[u, d]))
+            self.Q[i, d] = float(self.Q[i, d]) + eta_i * (err * pu_old[d] - self.reg * float(self.Q[i, d]))
+        self.cu[u] += 1
+        self.ci[i] += 1
+        self.gsum += r
+        self.gcnt += 1.0
+
+
+def run_mf(events, p, k, core: Core, rank: bool):
+    """events: list of (u, i, rating, t); returns (preds, positions, model)."""
+    n_users = max(e[0] for e in events) + 1
+    n_items = max(e[1] for e in events) + 1
+    m = MF(p.dim, p.lr, p.reg, p.bias_lr_min, p.bias_prior, p.bias_reg, p.init_std, p.adagrad, p.rating_min,
+           p.rating_max, n_users, n_items)
+    preds, pos = [], []
+    for u, i, r, t in events:
+        raw = m.predict_raw(u, i)
+        preds.append(min(max(raw, m.lo), m.hi))
+        if rank:
+            lst = topk(m.scores(u, core.n_items), core.n_items, u, core.seen, k)
+            pos.append(position(lst, i) if i < core.n_items else -1)
+        m.learn(u, i, r, raw, core.rng)
+        core.observe(u, i, t)
+    return preds, pos, m
+
+
+# -- implicit factors: ISGD (Vinagre et al. 2014) + BPR negatives (Rendle et al. 2009) -------
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def run_implicit(events, p, k, core: Core):
+    n_users = max(e[0] for e in events) + 1
+    n_items = max(e[1] for e in events) + 1
+    P = np.zeros((n_users, p.dim), np.float32)
+    Q = np.zeros((n_items, p.dim), np.float32)
+    b = [0.0] * n_items
+    cu = [0] * n_users
+    ci = [0] * n_items
+    rng = core.rng
+    pos = []
+
+    def init(M, r):
+        for d in range(p.dim):
+            M[r, d] = p.init_std * rng.normal()
+
+    for u, i, _v, t in events:
+        scores = [b[j] + sum(float(P[u, d]) * float(Q[j, d]) for d in range(p.dim)) for j in range(core.n_items)]
+        lst = topk(scores, core.n_items, u, core.seen, k)
+        pos.append(position(lst, i) if i < core.n_items else -1)
+        core.observe(u, i, t)
+        if cu[u] == 0:
+            init(P, u)
+        if ci[i] == 0:
+            init(Q, i)
+        if p.isgd:
+            err = 1.0 - sum(float(P[u, d]) * float(Q[i, d]) for d in range(p.dim))
+            for d in range(p.dim):
+                pu = float(P[u, d])
+                P[u, d] = pu + p.lr * (err * float(Q[i, d]) - p.reg * pu)
+                Q[i, d] = float(Q[i, d]) + p.lr * (err * pu - p.reg * float(Q[i, d]))
+        for _ in range(p.negatives):
+            j = -1
+            for _t in range(p.neg_tries):
+                c = rng.below(core.n_items)
+                if c != i and (u, c) not in core.seen:
+                    j = c
+                    break
+            if j < 0:
+                continue
+            if ci[j] == 0:
+                init(Q, j)
+            ci[j] += 1
+            x = b[i] - b[j] + sum(float(P[u, d]) * (float(Q[i, d]) - float(Q[j, d])) for d in range(p.dim))
+            g = sigmoid(-x)
+            for d in range(p.dim):
+                pu = float(P[u, d])
+                diff = float(Q[i, d]) - float(Q[j, d])
+                P[u, d] = pu + p.lr * (g * diff - p.reg * pu)
+                Q[i, d] = float(Q[i, d]) + p.lr * (g * pu - p.reg * float(Q[i, d]))
+                Q[j, d] = float(Q[j, d]) + p.lr * (-g * pu - p.reg * float(Q[j, d]))
+            b[i] += p.lr * (g - p.bias_reg * b[i])
+            b[j] += p.lr * (-g - p.bias_reg * b[j])
+        cu[u] += 1
+        ci[i] += 1
+    return pos, P, Q, b
+
+
+# -- item-to-item co-occurrence ---------------------------------------------------------
+
+
+def run_itemknn(events, p, k, core: Core):
+    n_items = max(e[1] for e in events) + 1
+    C = np.zeros((n_items, n_items), np.float32)
+    n = [0.0] * n_items
+    pos = []
+    for u, i, _v, t in events:
+        n_cat = core.n_items
+        acc = [0.0] * n_cat
+        w = 1.0
+        if u < core.n_users:
+            for l in range(p.recent):
+                r = core.recent_item(u, l)
+                if r < 0:
+                    break
+                if n[r] > 0:
+                    wr = w / n[r] ** p.beta
+                    for j in range(n_cat):
+                        acc[j] += wr * float(C[r, j])
+                w *= p.alpha
+        pmax = core.pop_max()
+        f = p.pop_weight / pmax if pmax > 0 else 0.0
+        pop = core.pop_scores()
+        scores = [acc[j] * (n[j] ** (p.beta - 1.0) if n[j] > 0 else 0.0) + f * pop[j] for j in range(n_cat)]
+        lst = topk(scores, n_cat, u, core.seen, k)
+        pos.append(position(lst, i) if i < n_cat else -1)
+        w = 1.0
+        if u < core.n_users:
+            for back in range(p.window):
+                j = core.recent_item(u, back)
+                if j < 0:
+                    break
+                if j != i:
+                    C[i, j] = float(C[i, j]) + w
+                    C[j, i] = float(C[j, i]) + w
+                w *= p.gamma
+        n[i] += 1.0
+        core.observe(u, i, t)
+    return pos, C, n
+
+
+# -- popularity -------------------------------------------------------------------------
+
+
+def run_pop(events, k, core: Core):
+    pos = []
+    for u, i, _v, t in events:
+        lst = topk(core.pop_scores(), core.n_items, u, core.seen, k)
+        pos.append(position(lst, i) if i < core.n_items else -1)
+        core.observe(u, i, t)
+    return pos
+
+
+# -- FTRL-Proximal (McMahan et al. 2013) ------------------------------------------------
+
+
+BIAS_HASH = 0x5BD1E9955BD1E995
+
+
+def like_feature_hashes(ufeat: list[int], ifeat: list[int], ctx: list[int]) -> list[int]:
+    out = [BIAS_HASH] + list(ufeat) + list(ifeat) + list(ctx)
+    for a, ha in enumerate(ufeat):
+        for bb, hb in enumerate(ifeat):
+            if a == 0 and bb == 0:
+                continue
+            out.append(hash_combine(ha, hb))
+    return out
+
+
+class FTRL:
+    def __init__(self, alpha, beta, l1, l2, bits):
+        self.alpha, self.beta, self.l1, self.l2 = alpha, beta, l1, l2
+        self.mask = (1 << bits) - 1
+        self.z: dict[int, float] = {}
+        self.n: dict[int, float] = {}
+
+    def weight(self, c: int) -> float:
+        z = self.z.get(c, 0.0)
+        if abs(z) <= self.l1:
+            return 0.0
+        sgn = 1.0 if z > 0 else -1.0
+        return -(z - sgn * self.l1) / ((self.beta + math.sqrt(self.n.get(c, 0.0))) / self.alpha + self.l2)
+
+    def predict(self, idx: list[int]):
+        w = [self.weight(c) for c in idx]
+        s = max(-35.0, min(35.0, sum(w)))
+        return sigmoid(s), w
+
+    def update(self, idx: list[int], w: list[float], p: float, y: float) -> None:
+        for c, wt in zip(idx, w):
+            g = p - y
+            n = self.n.get(c, 0.0)
+            sigma = (math.sqrt(n + g * g) - math.sqrt(n)) / self.alpha
+            self.z[c] = self.z.get(c, 0.0) + g - sigma * wt
+            self.n[c] = n + g * g
+
+
+def run_ftrl(events, p, ufeat, ifeat, ctx):
+    """events: (u, i, label); ufeat[u]/ifeat[i]: feature hash lists; ctx[e]: context hashes."""
+    m = FTRL(p.alpha, p.beta, p.l1, p.l2, p.bits)
+    preds = []
+    for e, (u, i, y) in enumerate(events):
+        idx = [h & m.mask for h in like_feature_hashes(ufeat[u], ifeat[i], ctx[e])]
+        prob, w = m.predict(idx)
+        preds.append(prob)
+        m.update(idx, w, prob, y)
+    return preds, m
+
+
+# -- int8 quantisation --------------------------------------------------------------------
+
+
+def quantize(Q: np.ndarray):
+    q8 = np.zeros(Q.shape, np.int8)
+    scale = np.zeros(Q.shape[0], np.float32)
+    for j in range(Q.shape[0]):
+        m = max(abs(float(x)) for x in Q[j])
+        if m == 0:
+            continue
+        sc = m / 127.0
+        scale[j] = sc
+        inv = 1.0 / sc
+        for f in range(Q.shape[1]):
+            q8[j, f] = int(math.floor(float(Q[j, f]) * inv + 0.5))
+    return q8, scale

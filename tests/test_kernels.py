@@ -1,0 +1,189 @@
+"""Kernels against their plain-Python references (tests/reference.py) on small random data.
+
+Every model runs through ``Shard.process`` in uneven batches, so the same checks also
+show that batch boundaries do not change the result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import make_batch, random_stream
+from recsys_stream.events import stable_hash64
+from recsys_stream.kernels.pairset import pairset_add, pairset_contains, pairset_grow, pairset_new
+from recsys_stream.kernels.topk import quantize_rows, score_factors, score_factors_q8, topk_excluding
+from recsys_stream.models import ModelDivergedError, model_params
+from recsys_stream.shard import Shard, ShardSettings
+
+K = 5
+
+
+def run_shard(settings: ShardSettings, batch, cuts=(7, 50, 51, 200)):
+    """Process ``batch`` in pieces cut at ``cuts``; returns (shard, pred, pos)."""
+    sh = Shard(0, settings)
+    preds, poss = [], []
+    bounds = [0, *[c for c in cuts if c < len(batch)], len(batch)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        r = sh.process(batch.slice(a, b))
+        preds.append(r.pred)
+        poss.append(r.pos)
+    return sh, np.concatenate(preds), np.concatenate(poss)
+
+
+def core_for(settings: ShardSettings) -> ref.Core:
+    return ref.Core(settings.half_life_days, settings.recent, settings.seed, 0)
+
+
+@pytest.mark.parametrize("adagrad", [False, True])
+def test_mf_matches_reference(adagrad):
+    ev, batch = random_stream(n=300)
+    params = model_params("mf", dim=4, lr=0.05, reg=0.02, adagrad=adagrad)
+    s = ShardSettings(model="mf", params=params, k=K, seed=3, rank=True)
+    sh, pred, pos = run_shard(s, batch)
+    rpred, rpos, m = ref.run_mf(ev, params, K, core_for(s), rank=True)
+    np.testing.assert_allclose(pred, rpred, rtol=1e-5, atol=1e-6)
+    assert pos.tolist() == rpos
+    a = sh.arrays
+    n_u, n_i = len(sh.users), len(sh.items)
+    np.testing.assert_allclose(a["mf.P"][:n_u], m.P, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["mf.Q"][:n_i], m.Q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["mf.bu"][:n_u], m.bu, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(a["mf.bi"][:n_i], m.bi, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("isgd", [False, True])
+def test_implicit_matches_reference(isgd):
+    ev, batch = random_stream(n=250)
+    params = model_params("implicit", dim=4, negatives=3, isgd=isgd)
+    s = ShardSettings(model="implicit", params=params, k=K, seed=5)
+    sh, _pred, pos = run_shard(s, batch)
+    rpos, P, Q, b = ref.run_implicit(ev, params, K, core_for(s))
+    assert pos.tolist() == rpos
+    np.testing.assert_allclose(sh.arrays["imp.P"][: len(sh.users)], P, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sh.arrays["imp.Q"][: len(sh.items)], Q, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sh.arrays["imp.b"][: len(sh.items)], b, rtol=1e-6, atol=1e-9)
+
+
+def test_itemknn_matches_reference():
+    ev, batch = random_stream(n=400)
+    params = model_params("itemknn", window=3, recent=4)
+    s = ShardSettings(model="itemknn", params=params, k=K, seed=1)
+    sh, _pred, pos = run_shard(s, batch)
+    rpos, C, n = ref.run_itemknn(ev, params, K, core_for(s))
+    assert pos.tolist() == rpos
+    n_i = len(sh.items)
+    np.testing.assert_array_equal(sh.arrays["knn.C"][:n_i, :n_i], C)
+    np.testing.assert_array_equal(sh.arrays["knn.n"][:n_i], n)
+
+
+@pytest.mark.parametrize("half_life", [math.inf, 0.05])
+def test_pop_matches_reference(half_life):
+    ev, batch = random_stream(n=300)
+    s = ShardSettings(model="pop", k=K, half_life_days=half_life)
+    sh, _pred, pos = run_shard(s, batch)
+    core = core_for(s)
+    assert pos.tolist() == ref.run_pop(ev, K, core)
+    a = sh.arrays
+    scores = core.pop_scores()
+    np.testing.assert_allclose(a["pop"][: len(scores)], scores, rtol=1e-9)
+
+
+def test_ftrl_matches_reference_with_lazy_weights_and_l1_zeros():
+    ev, batch = random_stream(n=500)
+    params = model_params("ftrl", l1=2.0, l2=0.5, alpha=0.3, bits=12)
+    s = ShardSettings(model="ftrl", params=params, k=K)
+    sh, pred, _pos = run_shard(s, batch)
+    labels = [1.0 if e[2] >= 4 else 0.0 for e in ev]
+    n_u, n_i = len(sh.users), len(sh.items)
+    ufeat = [[stable_hash64(f"u={sh.users.ids[u]}")] for u in range(n_u)]
+    ifeat = [[stable_hash64(f"i={sh.items.ids[i]}")] for i in range(n_i)]
+    rpred, m = ref.run_ftrl([(e[0], e[1], y) for e, y in zip(ev, labels)], params, ufeat, ifeat, [[]] * len(ev))
+    np.testing.assert_allclose(pred, rpred, rtol=1e-5, atol=1e-7)
+    z, n = sh.arrays["ftrl.z"], sh.arrays["ftrl.n"]
+    for c, zc in m.z.items():
+        assert z[c] == pytest.approx(zc, rel=1e-9, abs=1e-12)
+        assert n[c] == pytest.approx(m.n[c], rel=1e-9, abs=1e-12)
+    # L1 makes some weights exactly zero, and the kernel's lazy weight agrees
+    weights = {c: m.weight(c) for c in m.z}
+    zeros = [c for c, w in weights.items() if w == 0.0]
+    assert 0 < len(zeros) < len(weights)
+    for c in zeros:
+        assert abs(z[c]) <= params.l1
+
+
+def test_ftrl_features_cross_side_features():
+    from recsys_stream.features import FeatureStore
+
+    store = FeatureStore(users={"a": ["age=25-34", "gender=F"]}, items={"x": ["genre=Drama", "genre=War"]})
+    params = model_params("ftrl", bits=14)
+    sh = Shard(0, ShardSettings(model="ftrl", params=params), store)
+    sh.process(make_batch(["a", "a"], ["x", "x"], values=np.array([5.0, 5.0])))
+    uf = store.user_hashes("a")
+    itf = store.item_hashes("x")
+    hashes = ref.like_feature_hashes(uf, itf, [])
+    assert len(hashes) == 1 + 3 + 3 + (3 * 3 - 1)
+    touched = np.flatnonzero(sh.arrays["ftrl.n"])
+    assert set(touched.tolist()) == {h & ((1 << 14) - 1) for h in hashes}
+
+
+def test_topk_excludes_seen_and_breaks_ties_by_row():
+    rng = np.random.default_rng(4)
+    seen = pairset_new(64)
+    cnt = np.zeros(1, np.int64)
+    for u, j in [(2, 0), (2, 5), (2, 7), (1, 3)]:
+        pairset_add(seen, cnt, u, j)
+    scores = np.round(rng.random(30), 1)  # many ties
+    active = np.ones(30, np.uint8)
+    active[9] = 0
+    idx = np.empty(8, np.int32)
+    sc = np.empty(8)
+    for u in (2, 1, 0):
+        c = topk_excluding(scores, 25, u, seen, active, 8, idx, sc)
+        want = ref.topk(scores, 25, u, {(2, 0), (2, 5), (2, 7), (1, 3)}, 8, retired={9})
+        assert idx[:c].tolist() == want
+
+
+def test_int8_scores_close_to_float_and_match_reference_quantisation():
+    rng = np.random.default_rng(0)
+    Q = rng.normal(0, 0.3, (50, 16)).astype(np.float32)
+    q8 = np.empty_like(Q, dtype=np.int8)
+    qs = np.empty(50, np.float32)
+    quantize_rows(Q, 50, q8, qs)
+    rq8, rqs = ref.quantize(Q)
+    np.testing.assert_array_equal(q8, rq8)
+    np.testing.assert_allclose(qs, rqs, rtol=1e-6)
+    p = rng.normal(0, 0.3, 16).astype(np.float32)
+    b = np.zeros(50)
+    exact, approx = np.empty(50), np.empty(50)
+    score_factors(p, Q, b, 50, exact)
+    score_factors_q8(p, q8, qs, b, 50, approx)
+    assert np.max(np.abs(exact - approx)) < 0.02 * np.max(np.abs(exact))
+
+
+def test_pairset_against_python_set():
+    rng = np.random.default_rng(9)
+    table = pairset_new(8)
+    cnt = np.zeros(1, np.int64)
+    truth = set()
+    for _ in range(20):
+        pairs = rng.integers(0, 40, (50, 2))
+        table = pairset_grow(table, cnt, len(pairs))
+        for u, i in pairs:
+            assert pairset_add(table, cnt, int(u), int(i)) == ((int(u), int(i)) not in truth)
+            truth.add((int(u), int(i)))
+        assert cnt[0] == len(truth)
+    for u in range(40):
+        for i in range(40):
+            assert pairset_contains(table, u, i) == ((u, i) in truth)
+
+
+def test_divergence_raises_named_error():
+    _ev, batch = random_stream(n=200)
+    params = model_params("mf", lr=1e6, dim=4)
+    sh = Shard(0, ShardSettings(model="mf", params=params))
+    with pytest.raises(ModelDivergedError, match="NaN/Inf"):
+        sh.process(batch)
