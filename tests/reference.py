@@ -108,9 +108,11 @@ def position(lst: list[int], i: int) -> int:
 
 
 class MF:
-    def __init__(self, dim, lr, reg, bias_lr_min, bias_prior, bias_reg, init_std, adagrad, lo, hi, n_users, n_items):
+    def __init__(self, dim, lr, reg, ubias_min, ubias_c, ibias_min, ibias_c, bias_reg, init_std, adagrad, lo, hi,
+                 n_users, n_items):
         self.dim, self.lr, self.reg = dim, lr, reg
-        self.bmin, self.bc, self.breg, self.init = bias_lr_min, bias_prior, bias_reg, init_std
+        self.ubmin, self.ubc, self.ibmin, self.ibc = ubias_min, ubias_c, ibias_min, ibias_c
+        self.breg, self.init = bias_reg, init_std
         self.adagrad, self.lo, self.hi = adagrad, lo, hi
         self.P = np.zeros((n_users, dim), np.float32)
         self.Q = np.zeros((n_items, dim), np.float32)
@@ -146,8 +148,8 @@ class MF:
             for d in range(self.dim):
                 self.Q[i, d] = self.init * rng.normal()
         err = r - raw
-        self.bu[u] += max(self.bmin, 1.0 / (self.cu[u] + self.bc)) * (err - self.breg * self.bu[u])
-        self.bi[i] += max(self.bmin, 1.0 / (self.ci[i] + self.bc)) * (err - self.breg * self.bi[i])
+        self.bu[u] += max(self.ubmin, 1.0 / (self.cu[u] + self.ubc)) * (err - self.breg * self.bu[u])
+        self.bi[i] += max(self.ibmin, 1.0 / (self.ci[i] + self.ibc)) * (err - self.breg * self.bi[i])
         eta_u = eta_i = self.lr
         if self.adagrad:
             g1 = sum((err * float(self.Q[i, d]) - self.reg * float(self.P[u, d])) ** 2 for d in range(self.dim))
@@ -170,8 +172,8 @@ def run_mf(events, p, k, core: Core, rank: bool):
     """events: list of (u, i, rating, t); returns (preds, positions, model)."""
     n_users = max(e[0] for e in events) + 1
     n_items = max(e[1] for e in events) + 1
-    m = MF(p.dim, p.lr, p.reg, p.bias_lr_min, p.bias_prior, p.bias_reg, p.init_std, p.adagrad, p.rating_min,
-           p.rating_max, n_users, n_items)
+    m = MF(p.dim, p.lr, p.reg, p.user_bias_lr_min, p.user_bias_prior, p.item_bias_lr_min, p.item_bias_prior,
+           p.bias_reg, p.init_std, p.adagrad, p.rating_min, p.rating_max, n_users, n_items)
     preds, pos = [], []
     for u, i, r, t in events:
         raw = m.predict_raw(u, i)

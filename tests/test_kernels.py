@@ -183,7 +183,7 @@ def test_pairset_against_python_set():
 
 def test_divergence_raises_named_error():
     _ev, batch = random_stream(n=200)
-    params = model_params("mf", lr=1e6, dim=4)
+    params = model_params("mf", lr=1e6, dim=4, adagrad=False)
     sh = Shard(0, ShardSettings(model="mf", params=params))
     with pytest.raises(ModelDivergedError, match="NaN/Inf"):
         sh.process(batch)

@@ -7,13 +7,17 @@ Model (Koren, Bell & Volinsky 2009)::
 ``mu`` is the running mean of the ratings seen so far. For each rating, the residual
 ``e = r - r_hat`` drives
 
-    b_u += eta_b(n_u) * (e - lambda_b * b_u)      eta_b(n) = max(eta_b_min, 1 / (n + c_b))
-    b_i += eta_b(n_i) * (e - lambda_b * b_i)
+    b_u += eta_u(n_u) * (e - lambda_b * b_u)      eta_u(n) = max(eta_u_min, 1 / (n + c_u))
+    b_i += eta_i(n_i) * (e - lambda_b * b_i)      eta_i(n) = max(eta_i_min, 1 / (n + c_i))
     p_u += eta_u * (e * q_i - lambda * p_u)
     q_i += eta_i * (e * p_u - lambda * q_i)
 
 The bias step shrinks with the row's rating count ``n`` (a running mean of residuals,
-shrunk by ``c_b`` pseudo-ratings), floored at ``eta_b_min`` so biases keep tracking drift.
+shrunk by ``c`` pseudo-ratings), floored at ``eta_min`` so a bias keeps tracking drift.
+Users and items have their own schedule: a user's taste and mood drift within and
+between sessions (a floor), an item's quality hardly does (by default no floor: a
+shrunk running mean). On MovieLens 100K the bias schedule lowers RMSE more than the
+factor rank does.
 With ``adagrad`` on, ``eta_u``/``eta_i`` are row-wise AdaGrad rates
 ``eta / sqrt(G + 1e-8)`` where ``G`` accumulates the row's mean squared gradient;
 otherwise they equal ``eta``. Factors of a row are drawn from N(0, init_std^2) at the
@@ -33,8 +37,8 @@ from .common import clip, rng_normal
 from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe
 from .topk import position_in, score_factors, score_factors_q8, quantize_row, topk_excluding
 
-HP_LR, HP_REG, HP_BIAS_MIN, HP_BIAS_C, HP_BIAS_REG, HP_INIT, HP_ADAGRAD, HP_LO, HP_HI, HP_MU0 = range(10)
-HP_SIZE = 10
+HP_LR, HP_REG, HP_UBIAS_MIN, HP_UBIAS_C, HP_BIAS_REG, HP_INIT, HP_ADAGRAD, HP_LO, HP_HI, HP_MU0, HP_IBIAS_MIN, HP_IBIAS_C = range(12)
+HP_SIZE = 12
 
 
 @njit(cache=True, nogil=True)
@@ -46,8 +50,10 @@ def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, u
     dim = P.shape[1]
     lr = hp[HP_LR]
     reg = hp[HP_REG]
-    bmin = hp[HP_BIAS_MIN]
-    bc = hp[HP_BIAS_C]
+    ubmin = hp[HP_UBIAS_MIN]
+    ubc = hp[HP_UBIAS_C]
+    ibmin = hp[HP_IBIAS_MIN]
+    ibc = hp[HP_IBIAS_C]
     breg = hp[HP_BIAS_REG]
     init = hp[HP_INIT]
     adagrad = hp[HP_ADAGRAD] != 0.0
@@ -94,8 +100,8 @@ def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, u
                 if use_q8:
                     quantize_row(Q, i, Q8, qs)
             err = r - raw
-            eta_bu = max(bmin, 1.0 / (cu[u] + bc))
-            eta_bi = max(bmin, 1.0 / (ci[i] + bc))
+            eta_bu = max(ubmin, 1.0 / (cu[u] + ubc))
+            eta_bi = max(ibmin, 1.0 / (ci[i] + ibc))
             bu[u] += eta_bu * (err - breg * bu[u])
             bi[i] += eta_bi * (err - breg * bi[i])
             eta_u = lr

@@ -15,14 +15,16 @@ from .base import Model, Params, Prepared
 
 @dataclass(frozen=True)
 class MFParams(Params):
-    dim: int = 32
-    lr: float = 0.01  # factor step size (eta)
+    dim: int = 16
+    lr: float = 0.1  # factor step size (eta; with adagrad, the base rate)
     reg: float = 0.05  # factor L2 (lambda)
-    bias_lr_min: float = 0.005  # floor of the count-shrinking bias step
-    bias_prior: float = 5.0  # c_b: pseudo-ratings shrinking a new row's bias
-    bias_reg: float = 0.0  # lambda_b
+    user_bias_lr_min: float = 0.06  # floor of the user bias step (users drift)
+    user_bias_prior: float = 10.0  # c_u: pseudo-ratings shrinking a new user's bias
+    item_bias_lr_min: float = 0.0  # floor of the item bias step (0: a shrunk running mean)
+    item_bias_prior: float = 5.0  # c_i
+    bias_reg: float = 0.05  # lambda_b
     init_std: float = 0.05
-    adagrad: bool = False  # row-wise AdaGrad step sizes for the factors
+    adagrad: bool = True  # row-wise AdaGrad step sizes for the factors
     rating_min: float = 1.0
     rating_max: float = 5.0
     quantized: bool = False  # rank on an int8 copy of the item factors
@@ -55,14 +57,16 @@ class MFModel(Model):
         hp = np.zeros(K.HP_SIZE)
         hp[K.HP_LR] = p.lr
         hp[K.HP_REG] = p.reg
-        hp[K.HP_BIAS_MIN] = p.bias_lr_min
-        hp[K.HP_BIAS_C] = p.bias_prior
+        hp[K.HP_UBIAS_MIN] = p.user_bias_lr_min
+        hp[K.HP_UBIAS_C] = p.user_bias_prior
         hp[K.HP_BIAS_REG] = p.bias_reg
         hp[K.HP_INIT] = p.init_std
         hp[K.HP_ADAGRAD] = 1.0 if p.adagrad else 0.0
         hp[K.HP_LO] = p.rating_min
         hp[K.HP_HI] = p.rating_max
         hp[K.HP_MU0] = 0.5 * (p.rating_min + p.rating_max)
+        hp[K.HP_IBIAS_MIN] = p.item_bias_lr_min
+        hp[K.HP_IBIAS_C] = p.item_bias_prior
         return hp
 
     def flags(self, p: Prepared, evaluate: bool) -> np.ndarray:
