@@ -309,16 +309,62 @@ def run_pop(events, k, core: Core):
 
 
 BIAS_HASH = 0x5BD1E9955BD1E995
+USER_RATE_HASH = 0x2545F4914F6CDD1D
+ITEM_RATE_HASH = 0x9FB21C651E98DF25
+USER_VALUE_HASH = 0x8CB92BA72F3D8DD7
+ITEM_VALUE_HASH = 0xD6E8FEB86659FD93
 
 
-def like_feature_hashes(ufeat: list[int], ifeat: list[int], ctx: list[int]) -> list[int]:
+def like_feature_hashes(ufeat: list[int], ifeat: list[int], ctx: list[int], crosses: bool = True) -> list[int]:
     out = [BIAS_HASH] + list(ufeat) + list(ifeat) + list(ctx)
-    for a, ha in enumerate(ufeat):
-        for bb, hb in enumerate(ifeat):
-            if a == 0 and bb == 0:
-                continue
-            out.append(hash_combine(ha, hb))
+    if crosses:
+        for a, ha in enumerate(ufeat):
+            for bb, hb in enumerate(ifeat):
+                if a == 0 and bb == 0:
+                    continue
+                out.append(hash_combine(ha, hb))
     return out
+
+
+class Stats:
+    """Online like-rate and value statistics (counting features)."""
+
+    def __init__(self, prior: float):
+        self.prior = prior
+        self.ul, self.un, self.il, self.inn = {}, {}, {}, {}
+        self.udev, self.ival = {}, {}
+        self.likes = self.events = self.vsum = 0.0
+
+    def features(self, u, j):
+        m = self.prior
+        p0 = (self.likes + 1.0) / (self.events + 2.0)
+        v0 = self.vsum / self.events if self.events > 0 else 0.0
+
+        def logit(l, n):
+            r = min(max((l + m * p0) / (n + m), 0.02), 0.98)
+            return math.log(r / (1.0 - r))
+
+        un, inn = self.un.get(u, 0.0), self.inn.get(j, 0.0)
+        return [
+            (USER_RATE_HASH, logit(self.ul.get(u, 0.0), un)),
+            (ITEM_RATE_HASH, logit(self.il.get(j, 0.0), inn)),
+            (USER_VALUE_HASH, self.udev.get(u, 0.0) / (un + m)),
+            (ITEM_VALUE_HASH, (self.ival.get(j, 0.0) + m * v0) / (inn + m) - v0),
+        ]
+
+    def learn(self, u, i, y, value):
+        m = self.prior
+        v0 = self.vsum / self.events if self.events > 0 else value
+        item_mean = (self.ival.get(i, 0.0) + m * v0) / (self.inn.get(i, 0.0) + m)
+        self.udev[u] = self.udev.get(u, 0.0) + value - item_mean
+        self.ival[i] = self.ival.get(i, 0.0) + value
+        self.ul[u] = self.ul.get(u, 0.0) + y
+        self.un[u] = self.un.get(u, 0.0) + 1.0
+        self.il[i] = self.il.get(i, 0.0) + y
+        self.inn[i] = self.inn.get(i, 0.0) + 1.0
+        self.likes += y
+        self.events += 1.0
+        self.vsum += value
 
 
 class FTRL:
@@ -335,14 +381,14 @@ class FTRL:
         sgn = 1.0 if z > 0 else -1.0
         return -(z - sgn * self.l1) / ((self.beta + math.sqrt(self.n.get(c, 0.0))) / self.alpha + self.l2)
 
-    def predict(self, idx: list[int]):
-        w = [self.weight(c) for c in idx]
-        s = max(-35.0, min(35.0, sum(w)))
+    def predict(self, row: list[tuple[int, float]]):
+        w = [self.weight(c) for c, _x in row]
+        s = max(-35.0, min(35.0, sum(wt * x for wt, (_c, x) in zip(w, row))))
         return sigmoid(s), w
 
-    def update(self, idx: list[int], w: list[float], p: float, y: float) -> None:
-        for c, wt in zip(idx, w):
-            g = p - y
+    def update(self, row: list[tuple[int, float]], w: list[float], p: float, y: float) -> None:
+        for (c, x), wt in zip(row, w):
+            g = (p - y) * x
             n = self.n.get(c, 0.0)
             sigma = (math.sqrt(n + g * g) - math.sqrt(n)) / self.alpha
             self.z[c] = self.z.get(c, 0.0) + g - sigma * wt
@@ -350,14 +396,20 @@ class FTRL:
 
 
 def run_ftrl(events, p, ufeat, ifeat, ctx):
-    """events: (u, i, label); ufeat[u]/ifeat[i]: feature hash lists; ctx[e]: context hashes."""
+    """events: (u, i, label, value); ufeat[u]/ifeat[i]: feature hash lists; ctx[e]: context hashes."""
     m = FTRL(p.alpha, p.beta, p.l1, p.l2, p.bits)
+    stats = Stats(p.stats_prior)
     preds = []
-    for e, (u, i, y) in enumerate(events):
-        idx = [h & m.mask for h in like_feature_hashes(ufeat[u], ifeat[i], ctx[e])]
-        prob, w = m.predict(idx)
+    for e, (u, i, y, value) in enumerate(events):
+        hashes = like_feature_hashes(ufeat[u], ifeat[i], ctx[e], p.crosses)
+        x = 1.0 / math.sqrt(len(hashes)) if p.normalize else 1.0
+        row = [(h & m.mask, x) for h in hashes]
+        if p.stats:
+            row += [(h & m.mask, v) for h, v in stats.features(u, i)]
+        prob, w = m.predict(row)
         preds.append(prob)
-        m.update(idx, w, prob, y)
+        m.update(row, w, prob, y)
+        stats.learn(u, i, y, value)
     return preds, m
 
 

@@ -19,11 +19,15 @@ from .base import Model, Params, Prepared
 
 @dataclass(frozen=True)
 class FTRLParams(Params):
-    alpha: float = 0.05
+    alpha: float = 1.0
     beta: float = 1.0
-    l1: float = 1.0
-    l2: float = 1.0
+    l1: float = 0.01
+    l2: float = 0.0
     bits: int = 20  # 2**bits hashed weights
+    crosses: bool = True  # user feature x item feature crosses
+    normalize: bool = True  # one-hot values 1/sqrt(row size) (unit-norm rows)
+    stats: bool = True  # online like-rate and value statistics of the user and item as features
+    stats_prior: float = 5.0  # pseudo-events shrinking those statistics towards the global ones
     like_threshold: float = 4.0
 
 
@@ -31,12 +35,17 @@ def like_labels(etype: np.ndarray, value: np.ndarray, threshold: float) -> np.nd
     return np.where(etype == RATING, value >= threshold, np.isin(etype, POSITIVE_TYPES)).astype(np.float64)
 
 
-def ftrl_hp(alpha: float, beta: float, l1: float, l2: float) -> np.ndarray:
+def ftrl_hp(alpha: float, beta: float, l1: float, l2: float, crosses: bool = False, normalize: bool = False,
+            stats: bool = False, stats_prior: float = 5.0) -> np.ndarray:
     hp = np.zeros(K.HP_SIZE)
     hp[K.HP_ALPHA] = alpha
     hp[K.HP_BETA] = beta
     hp[K.HP_L1] = l1
     hp[K.HP_L2] = l2
+    hp[K.HP_CROSSES] = float(crosses)
+    hp[K.HP_NORMALIZE] = float(normalize)
+    hp[K.HP_STATS] = float(stats)
+    hp[K.HP_STATS_PRIOR] = stats_prior
     return hp
 
 
@@ -60,6 +69,13 @@ class FTRLModel(Model):
         return feature_specs() + [
             ArraySpec("ftrl.z", GLOBAL, (n,), "float64"),
             ArraySpec("ftrl.n", GLOBAL, (n,), "float64"),
+            ArraySpec("ftrl.ulikes", USER, (), "float64"),
+            ArraySpec("ftrl.uevents", USER, (), "float64"),
+            ArraySpec("ftrl.ilikes", ITEM, (), "float64"),
+            ArraySpec("ftrl.ievents", ITEM, (), "float64"),
+            ArraySpec("ftrl.glob", GLOBAL, (3,), "float64"),
+            ArraySpec("ftrl.udev", USER, (), "float64"),
+            ArraySpec("ftrl.ivalues", ITEM, (), "float64"),
         ]
 
     def flags(self, p: Prepared, evaluate: bool) -> np.ndarray:
@@ -74,6 +90,9 @@ class FTRLModel(Model):
         a = self.arrays
         pr = self.params
         return K.ftrl_batch(
-            p.U, p.I, p.Y, p.T, F, k, a["feat.u"], a["feat.nu"], a["feat.i"], a["feat.ni"], p.ctx_ptr, p.ctx_hash,
-            a["ftrl.z"], a["ftrl.n"], ftrl_hp(pr.alpha, pr.beta, pr.l1, pr.l2), core, out, scores,
+            p.U, p.I, p.Y, p.V, p.T, F, k, a["feat.u"], a["feat.nu"], a["feat.i"], a["feat.ni"], p.ctx_ptr, p.ctx_hash,
+            a["ftrl.z"], a["ftrl.n"],
+            ftrl_hp(pr.alpha, pr.beta, pr.l1, pr.l2, pr.crosses, pr.normalize, pr.stats, pr.stats_prior),
+            (a["ftrl.ulikes"], a["ftrl.uevents"], a["ftrl.ilikes"], a["ftrl.ievents"], a["ftrl.glob"], a["ftrl.udev"],
+             a["ftrl.ivalues"]), core, out, scores,
         )
