@@ -13,9 +13,11 @@ bucket (no history, 1-4, 5-19, 20-99, 100+ events) so the blend can differ betwe
 established users. An FTRL-Proximal logistic model (``ftrl``) scores the candidates; the
 top k by probability is the list.
 
-Learning from event (u, i): the re-ranker sees the observed item i as a positive and
-``n_neg`` candidates drawn uniformly from the non-chosen ones as negatives; then the three
-base models learn from the event as they do alone.
+Learning from event (u, i): when i is among the candidates, the re-ranker sees it as a
+positive and ``n_neg`` candidates drawn uniformly from the non-chosen ones as negatives
+(it models which candidate is chosen; a positive outside the candidates cannot be ranked
+and would only teach it that the sources do not matter); then the three base models
+learn from the event as they do alone.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
                 c = _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
                             z, nacc, fhp, k, idx, val, w, topk_out[e], sc_k, probs)
                 pos_out[e] = position_in(topk_out[e], c, i) if i < dims[1] else -1
-            if (f & LEARN) and i < dims[1]:
+            in_cand = i < dims[1] and (rank_mf[i] >= 0 or rank_knn[i] >= 0 or rank_pop[i] >= 0)
+            if (f & LEARN) and in_cand:
                 # positive: the observed item, described as the sources saw it
                 nf = _features(i, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket, idx, val)
                 p = ftrl_predict(idx, val, nf, z, nacc, fhp, w)

@@ -21,11 +21,11 @@ class HybridParams(Params):
     lr: float = 0.05
     reg: float = 0.01
     negatives: int = 32  # BPR negatives of the factor part
-    window: int = 5
+    window: int = 12
     recent: int = 10
     candidates: int = 50  # from each source
     rerank_negatives: int = 8  # non-chosen candidates per event for the re-ranker
-    alpha: float = 0.1  # re-ranker FTRL
+    alpha: float = 1.0  # re-ranker FTRL
     beta: float = 1.0
     l1: float = 0.0
     l2: float = 1.0

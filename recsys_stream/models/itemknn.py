@@ -13,12 +13,12 @@ from .base import Model, Params
 
 @dataclass(frozen=True)
 class ItemKNNParams(Params):
-    window: int = 5  # co-occurrences count between items at most this many steps apart
+    window: int = 12  # co-occurrences count between items at most this many steps apart
     gamma: float = 0.8  # weight per step of distance in a history
     recent: int = 10  # how many of the user's last items generate candidates
     alpha: float = 0.8  # weight per step back among those
-    beta: float = 0.5  # similarity normalisation exponent (0.5: cosine)
-    pop_weight: float = 1e-3  # popularity term (orders items no recent item points to)
+    beta: float = 0.7  # similarity normalisation exponent (0.5: cosine; higher damps popular items)
+    pop_weight: float = 0.01  # popularity term (orders items no recent item points to)
 
 
 def itemknn_specs(prefix: str) -> list[ArraySpec]:
