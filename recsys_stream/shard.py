@@ -20,7 +20,7 @@ from .kernels.common import mix64
 from .kernels.core import RANK, WANT_LIST
 from .models import MODELS, ModelDivergedError, Params, Prepared, model_params
 from .models.ftrl import like_labels
-from .state import GLOBAL, ITEM, USER, ArraySpec, IdMap, PairSet, StateArrays
+from .state import GLOBAL, ITEM, USER, ArraySpec, History, IdMap, PairSet, StateArrays
 
 LIST_POLICIES = ("none", "last", "all")
 
@@ -101,6 +101,11 @@ def core_specs(recent: int) -> list[ArraySpec]:
         ArraySpec("iev", ITEM, (), "int64"),
         ArraySpec("recent", USER, (recent,), "int32", fill=-1),
         ArraySpec("rng", GLOBAL, (1,), "uint64"),
+        ArraySpec("hist.off", USER, (), "int64"),
+        ArraySpec("hist.len", USER, (), "int64"),
+        ArraySpec("hist.cap", USER, (), "int64"),
+        # scratch (all zero between kernel calls): the exclusion mask of the ranked user
+        ArraySpec("scratch.excl", ITEM, (), "uint8"),
         # evaluation bookkeeping (not model state): first event that recommended an item
         ArraySpec("book.first_rec", ITEM, (), "int64", fill=-1),
     ]
@@ -136,6 +141,7 @@ class Shard:
         self.items = IdMap()
         self.arrays = StateArrays(core_specs(max(settings.recent, 1)))
         self.seen = PairSet()
+        self.history = History()
         cls = MODELS[settings.model][0]
         self.model = cls(settings.params, self.arrays, rank=settings.rank)
         a = self.arrays
@@ -156,6 +162,8 @@ class Shard:
         a = self.arrays
         a.ensure(len(self.users), len(self.items))
         self.seen.reserve(n)
+        users, counts = np.unique(U, return_counts=True)
+        self.history.reserve(users, counts, a)
         if self.model.uses_features:
             self._fill_features(U, I)
         if len(self._scores) < a.cap_items:
@@ -181,8 +189,7 @@ class Shard:
             np.zeros((n, k), dtype=np.float32),
         )
         uev_before = a["uev"][U]
-        core = (self.seen.table, self.seen.count, a["active"], a["pop"], a["pop_meta"], a["dims"], a["uev"],
-                a["iev"], a["recent"], a["rng"])
+        core = self.core()
         t0 = time.perf_counter()
         status = self.model.run(p, F, k, core, out, self._scores)
         busy = time.perf_counter() - t0
@@ -220,6 +227,12 @@ class Shard:
         )
 
     # -- helpers --------------------------------------------------------------------
+
+    def core(self) -> tuple:
+        """The shared arrays in the order ``kernels.core`` documents."""
+        a = self.arrays
+        return (self.seen.table, self.seen.count, a["active"], a["pop"], a["pop_meta"], a["dims"], a["uev"],
+                a["iev"], a["recent"], a["rng"], a["hist.off"], a["hist.len"], self.history.pool, a["scratch.excl"])
 
     def _fill_features(self, U: np.ndarray, I: np.ndarray) -> None:
         a = self.arrays

@@ -13,6 +13,7 @@ from itertools import repeat
 
 import numpy as np
 
+from .kernels.history import history_compact, history_move, history_relocations
 from .kernels.pairset import pairset_grow, pairset_new
 
 USER, ITEM, ITEM2, GLOBAL = "user", "item", "item2", "global"
@@ -146,3 +147,41 @@ class PairSet:
     def reserve(self, incoming: int) -> None:
         self.table = pairset_grow(self.table, self.count, incoming)
 
+
+
+class History:
+    """The int32 pool behind per-user histories (``kernels.history``); the per-user
+    offset, length and capacity are the shard's USER arrays ``hist.off/len/cap``."""
+
+    def __init__(self, capacity: int = 1 << 16):
+        self.pool = np.zeros(capacity, dtype=np.int32)
+        self.used = 0
+
+    def reserve(self, users: np.ndarray, counts: np.ndarray, arrays: "StateArrays") -> None:
+        """Make room for ``counts[t]`` more items of ``users[t]`` (distinct user rows)."""
+        off, length, cap = arrays["hist.off"], arrays["hist.len"], arrays["hist.cap"]
+        new_cap = history_relocations(users, length[users] + counts, cap)
+        need = int(new_cap.sum())
+        if need == 0:
+            return
+        if self.used + need > len(self.pool):
+            live = int(length.sum())
+            if self.used > 2 * live + need:  # mostly holes: compact first
+                n_users = len(length)
+                new = np.zeros(max(len(self.pool), 2 * (live + need)), dtype=np.int32)
+                self.used = int(history_compact(n_users, off, length, cap, self.pool, new))
+                self.pool = new
+                new_cap = history_relocations(users, length[users] + counts, cap)
+                need = int(new_cap.sum())
+            size = len(self.pool)
+            while self.used + need > size:
+                size *= 2
+            if size > len(self.pool):
+                grown = np.zeros(size, dtype=np.int32)
+                grown[: self.used] = self.pool[: self.used]
+                self.pool = grown
+        self.used = int(history_move(users, new_cap, off, length, cap, self.pool, self.used))
+
+    def items(self, u: int, arrays: "StateArrays") -> np.ndarray:
+        o, n = int(arrays["hist.off"][u]), int(arrays["hist.len"][u])
+        return self.pool[o : o + n].copy()

@@ -15,7 +15,7 @@ import reference as ref
 from conftest import make_batch, random_stream
 from recsys_stream.events import stable_hash64
 from recsys_stream.kernels.pairset import pairset_add, pairset_contains, pairset_grow, pairset_new
-from recsys_stream.kernels.topk import quantize_rows, score_factors, score_factors_q8, topk_excluding
+from recsys_stream.kernels.topk import quantize_rows, score_factors, score_factors_q8, topk_masked
 from recsys_stream.models import ModelDivergedError, model_params
 from recsys_stream.shard import Shard, ShardSettings
 
@@ -141,19 +141,32 @@ def test_ftrl_features_cross_side_features():
 
 def test_topk_excludes_seen_and_breaks_ties_by_row():
     rng = np.random.default_rng(4)
-    seen = pairset_new(64)
-    cnt = np.zeros(1, np.int64)
-    for u, j in [(2, 0), (2, 5), (2, 7), (1, 3)]:
-        pairset_add(seen, cnt, u, j)
+    seen = {(2, 0), (2, 5), (2, 7), (1, 3)}
     scores = np.round(rng.random(30), 1)  # many ties
     active = np.ones(30, np.uint8)
     active[9] = 0
     idx = np.empty(8, np.int32)
     sc = np.empty(8)
     for u in (2, 1, 0):
-        c = topk_excluding(scores, 25, u, seen, active, 8, idx, sc)
-        want = ref.topk(scores, 25, u, {(2, 0), (2, 5), (2, 7), (1, 3)}, 8, retired={9})
-        assert idx[:c].tolist() == want
+        excl = np.zeros(30, np.uint8)
+        for uu, j in seen:
+            if uu == u:
+                excl[j] = 1
+        c = topk_masked(scores, 25, excl, active, 8, idx, sc)
+        assert idx[:c].tolist() == ref.topk(scores, 25, u, seen, 8, retired={9})
+
+
+def test_histories_hold_each_users_distinct_items_in_order():
+    ev, batch = random_stream(n=600, n_users=8, n_items=40)
+    sh, _p, _q = run_shard(ShardSettings(model="pop"), batch, cuts=(3, 100, 101, 350))
+    want: dict[int, list[int]] = {}
+    for u, i, _r, _t in ev:
+        if i not in want.setdefault(u, []):
+            want[u].append(i)
+    for u, items in want.items():
+        assert sh.history.items(u, sh.arrays).tolist() == items
+    # the exclusion scratch is left clean
+    assert not sh.arrays["scratch.excl"].any()
 
 
 def test_int8_scores_close_to_float_and_match_reference_quantisation():

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .core import RANK, WANT_LIST, observe
+from .core import RANK, WANT_LIST, observe, user_topk
 from .popularity import pop_now
-from .topk import position_in, topk_excluding
+from .topk import position_in
 
 
 @njit(cache=True, nogil=True)
 def pop_batch(U, I, T, F, k, core, out, scores):
     """Prequential popularity baseline: rank by decayed popularity, then count the event."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     sc_tmp = np.empty(k, dtype=np.float64)
     for e in range(U.shape[0]):
@@ -22,11 +22,11 @@ def pop_batch(U, I, T, F, k, core, out, scores):
         f = F[e]
         if f & RANK:
             n_cat = dims[1]
-            c = topk_excluding(pop, n_cat, u, seen, active, k, topk_out[e], sc_tmp)
+            c = user_topk(pop, n_cat, u, core, k, topk_out[e], sc_tmp)
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
         observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
-            topk_excluding(pop, dims[1], u, seen, active, k, lst_out[e], sc_tmp)
+            user_topk(pop, dims[1], u, core, k, lst_out[e], sc_tmp)
             for r in range(k):
                 lst_sc_out[e, r] = pop_now(pop, pop_meta, lst_out[e, r], T[e]) if lst_out[e, r] >= 0 else 0.0
     return -1

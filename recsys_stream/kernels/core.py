@@ -2,7 +2,7 @@
 
 A shard's common arrays travel into kernels as one tuple, ``core``::
 
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng)
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl)
 
 - ``seen``/``seen_count``: pair set of (user row, item row) interactions (``pairset``);
 - ``active``: uint8 per item row, 0 once the item is retired from the catalog;
@@ -11,7 +11,10 @@ A shard's common arrays travel into kernels as one tuple, ``core``::
   of first appearance, so row ``>= dims[1]`` means "not seen by the stream yet");
 - ``uev``/``iev``: events per user row / item row (the user's count is its list version);
 - ``recent``: int32 ``[users, R]`` ring of each user's last R items (slot ``uev % R``);
-- ``rng``: the shard's SplitMix64 state (``common``).
+- ``rng``: the shard's SplitMix64 state (``common``);
+- ``hoff``/``hlen``/``hpool``: each user's distinct items in order (``history``);
+- ``excl``: uint8 scratch over item rows, all zero between calls (``user_topk`` marks a
+  user's items in it while ranking).
 
 Outputs travel as one tuple, ``out``::
 
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 from numba import njit
 
+from .history import history_append, mark_history
 from .pairset import pairset_add
 from .popularity import pop_learn
+from .topk import topk_masked
 
 # Event flags, set per event by the model wrapper.
 EVALUATE = 1  # compute the prequential prediction / ranking before learning
@@ -49,18 +54,23 @@ CORE_FIELDS = (
     "iev",
     "recent",
     "rng",
+    "hoff",
+    "hlen",
+    "hpool",
+    "excl",
 )
 
 
 @njit(cache=True, inline="always")
 def observe(core, u, i, t, weight):
     """Record interaction (u, i) at time t: seen set, counts, popularity, recency ring."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     if u >= dims[0]:
         dims[0] = u + 1
     if i >= dims[1]:
         dims[1] = i + 1
-    pairset_add(seen, seen_count, u, i)
+    if pairset_add(seen, seen_count, u, i):
+        history_append(hoff, hlen, hpool, u, i)
     pop_learn(pop, dims[1], pop_meta, i, t, weight)
     R = recent.shape[1]
     recent[u, uev[u] % R] = i
@@ -76,3 +86,15 @@ def recent_item(recent, uev, u, back):
     if back >= n or back >= R:
         return -1
     return recent[u, (n - 1 - back) % R]
+
+
+@njit(cache=True)
+def user_topk(scores, n_cat, u, core, k, out_idx, out_sc):
+    """Top-k of ``scores[:n_cat]`` for user row u, excluding the user's items and retired
+    ones (u beyond the known users: nothing of theirs to exclude); returns the count."""
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    uu = u if u < dims[0] else -1
+    mark_history(hoff, hlen, hpool, uu, excl, 1)
+    c = topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc)
+    mark_history(hoff, hlen, hpool, uu, excl, 0)
+    return c

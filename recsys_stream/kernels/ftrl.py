@@ -37,8 +37,8 @@ import numpy as np
 from numba import njit
 
 from .common import hash_combine, sigmoid
-from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe
-from .topk import position_in, topk_excluding
+from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe, user_topk
+from .topk import position_in
 
 HP_ALPHA, HP_BETA, HP_L1, HP_L2, HP_CROSSES, HP_NORMALIZE, HP_STATS, HP_STATS_PRIOR = range(8)
 HP_SIZE = 8
@@ -173,7 +173,7 @@ def _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats
 @njit(cache=True, nogil=True)
 def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n, hp, stats, core, out, scores):
     """Prequential like-model: predict p(like), rank if asked, then learn from label Y."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     mask = np.uint64(z.shape[0] - 1)
     cap = 1 + ufeat.shape[1] + ifeat.shape[1] + ufeat.shape[1] * ifeat.shape[1]
@@ -195,7 +195,7 @@ def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n
         if f & RANK:
             n_cat = dims[1]
             _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats, n_cat, idx, val, w, scores)
-            c = topk_excluding(scores, n_cat, u, seen, active, k, topk_out[e], sc_tmp)
+            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
         m = like_features(u, i, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, hp, stats, idx, val)
         p = ftrl_predict(idx, val, m, z, n, hp, w)
@@ -211,7 +211,7 @@ def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n
         observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
             _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats, dims[1], idx, val, w, scores)
-            topk_excluding(scores, dims[1], u, seen, active, k, lst_out[e], sc_tmp)
+            user_topk(scores, dims[1], u, core, k, lst_out[e], sc_tmp)
             for r in range(k):
                 lst_sc_out[e, r] = sc_tmp[r]
     return -1

@@ -30,9 +30,10 @@ from numba import njit
 from .common import rng_below
 from .core import LEARN, RANK, WANT_LIST, observe
 from .ftrl import ftrl_predict, ftrl_update
+from .history import mark_history
 from .implicit import implicit_learn
 from .itemknn import itemknn_learn, itemknn_scores
-from .topk import position_in, score_factors, topk_excluding
+from .topk import position_in, score_factors, topk_masked
 
 N_FEAT = 7  # per activity bucket
 N_BUCKETS = 5
@@ -72,18 +73,20 @@ def _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop
 def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn, rank_mf, rank_knn, rank_pop,
                 cand, top_idx, top_sc):
     """Union of the three sources' top lists into ``cand``; returns (count, knn_max, pop_max)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     n_cat = dims[1]
     score_factors(P[u], Q, b, n_cat, s_mf)
     itemknn_scores(u, C, cnt, inv, knn_hp, core, s_knn)
+    uu = u if u < dims[0] else -1
+    mark_history(hoff, hlen, hpool, uu, excl, 1)
     m = 0
-    c = topk_excluding(s_mf, n_cat, u, seen, active, n_cand, top_idx, top_sc)
+    c = topk_masked(s_mf, n_cat, excl, active, n_cand, top_idx, top_sc)
     for r in range(c):
         j = top_idx[r]
         rank_mf[j] = r
         cand[m] = j
         m += 1
-    c = topk_excluding(s_knn, n_cat, u, seen, active, n_cand, top_idx, top_sc)
+    c = topk_masked(s_knn, n_cat, excl, active, n_cand, top_idx, top_sc)
     knn_max = top_sc[0] if c > 0 else 0.0
     for r in range(c):
         j = top_idx[r]
@@ -91,7 +94,7 @@ def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn, rank
             cand[m] = j
             m += 1
         rank_knn[j] = r
-    c = topk_excluding(pop, n_cat, u, seen, active, n_cand, top_idx, top_sc)
+    c = topk_masked(pop, n_cat, excl, active, n_cand, top_idx, top_sc)
     pop_max = top_sc[0] if c > 0 else 0.0
     for r in range(c):
         j = top_idx[r]
@@ -99,6 +102,7 @@ def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn, rank
             cand[m] = j
             m += 1
         rank_pop[j] = r
+    mark_history(hoff, hlen, hpool, uu, excl, 0)
     return m, knn_max, pop_max
 
 
@@ -136,7 +140,7 @@ def _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, ran
 @njit(cache=True, nogil=True)
 def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z, nacc, fhp, hhp, core, out,
                  s_mf, s_knn, Q8, qs):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     n_cand = int(hhp[HP_NCAND])
     n_neg = int(hhp[HP_NNEG])

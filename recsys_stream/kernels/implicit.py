@@ -31,9 +31,9 @@ import numpy as np
 from numba import njit
 
 from .common import rng_below, rng_normal, sigmoid
-from .core import LEARN, RANK, WANT_LIST, observe
+from .core import LEARN, RANK, WANT_LIST, observe, user_topk
 from .pairset import pairset_contains
-from .topk import position_in, quantize_row, score_factors, score_factors_q8, topk_excluding
+from .topk import position_in, quantize_row, score_factors, score_factors_q8
 
 HP_LR, HP_REG, HP_BREG, HP_INIT, HP_ISGD, HP_NNEG, HP_NEG_TRIES = range(7)
 HP_SIZE = 7
@@ -48,7 +48,7 @@ def _init_row(M, r, init, rng):
 @njit(cache=True)
 def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
     """One positive event's update (ISGD part and sampled BPR pairs); True if finite."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     dim = P.shape[1]
     lr = hp[HP_LR]
     reg = hp[HP_REG]
@@ -114,7 +114,7 @@ def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
 
 @njit(cache=True, nogil=True)
 def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out, scores):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     sc_tmp = np.empty(k, dtype=np.float64)
     tmp = np.empty(P.shape[1], dtype=np.float64)
@@ -128,7 +128,7 @@ def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out
                 score_factors_q8(P[u], Q8, qs, b, n_cat, scores)
             else:
                 score_factors(P[u], Q, b, n_cat, scores)
-            c = topk_excluding(scores, n_cat, u, seen, active, k, topk_out[e], sc_tmp)
+            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
         observe(core, u, i, T[e], 1.0)
         if f & LEARN:
@@ -137,7 +137,7 @@ def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out
         if f & WANT_LIST:
             n_cat = dims[1]
             score_factors(P[u], Q, b, n_cat, scores)
-            topk_excluding(scores, n_cat, u, seen, active, k, lst_out[e], sc_tmp)
+            user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
             for r in range(k):
                 lst_sc_out[e, r] = sc_tmp[r]
     return -1

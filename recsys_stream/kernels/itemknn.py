@@ -24,8 +24,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .core import LEARN, RANK, WANT_LIST, observe, recent_item
-from .topk import position_in, topk_excluding
+from .core import LEARN, RANK, WANT_LIST, observe, recent_item, user_topk
+from .topk import position_in
 
 HP_WINDOW, HP_GAMMA, HP_L, HP_ALPHA, HP_BETA, HP_POPW = range(6)
 HP_SIZE = 6
@@ -37,7 +37,7 @@ def itemknn_scores(u, C, n, inv, hp, core, scores):
 
     ``inv[j] = n[j]^-(1 - beta)`` is kept up to date by ``itemknn_learn``.
     """
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     n_cat = dims[1]
     L = int(hp[HP_L])
     alpha = hp[HP_ALPHA]
@@ -65,7 +65,7 @@ def itemknn_scores(u, C, n, inv, hp, core, scores):
 @njit(cache=True)
 def itemknn_learn(u, i, C, n, inv, hp, core):
     """Count co-occurrences of i with the user's previous items (call before ``observe``)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     W = int(hp[HP_WINDOW])
     gamma = hp[HP_GAMMA]
     w = 1.0
@@ -84,7 +84,7 @@ def itemknn_learn(u, i, C, n, inv, hp, core):
 
 @njit(cache=True, nogil=True)
 def itemknn_batch(U, I, T, F, k, C, n, inv, hp, core, out, scores):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     sc_tmp = np.empty(k, dtype=np.float64)
     for e in range(U.shape[0]):
@@ -94,14 +94,14 @@ def itemknn_batch(U, I, T, F, k, C, n, inv, hp, core, out, scores):
         if f & RANK:
             n_cat = dims[1]
             itemknn_scores(u, C, n, inv, hp, core, scores)
-            c = topk_excluding(scores, n_cat, u, seen, active, k, topk_out[e], sc_tmp)
+            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
         if f & LEARN:
             itemknn_learn(u, i, C, n, inv, hp, core)
         observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
             itemknn_scores(u, C, n, inv, hp, core, scores)
-            topk_excluding(scores, dims[1], u, seen, active, k, lst_out[e], sc_tmp)
+            user_topk(scores, dims[1], u, core, k, lst_out[e], sc_tmp)
             for r in range(k):
                 lst_sc_out[e, r] = sc_tmp[r]
     return -1

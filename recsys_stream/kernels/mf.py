@@ -34,8 +34,8 @@ import numpy as np
 from numba import njit
 
 from .common import clip, rng_normal
-from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe
-from .topk import position_in, score_factors, score_factors_q8, quantize_row, topk_excluding
+from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe, user_topk
+from .topk import position_in, quantize_row, score_factors, score_factors_q8
 
 HP_LR, HP_REG, HP_UBIAS_MIN, HP_UBIAS_C, HP_BIAS_REG, HP_INIT, HP_ADAGRAD, HP_LO, HP_HI, HP_MU0, HP_IBIAS_MIN, HP_IBIAS_C = range(12)
 HP_SIZE = 12
@@ -45,7 +45,7 @@ HP_SIZE = 12
 def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, use_q8, core, out, scores):
     """Process events in order; returns -1, or the index of an event after which a
     parameter became NaN/Inf (the caller raises ``ModelDivergedError``)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     dim = P.shape[1]
     lr = hp[HP_LR]
@@ -87,7 +87,7 @@ def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, u
                 score_factors_q8(P[u], Q8, qs, bi, n_cat, scores)
             else:
                 score_factors(P[u], Q, bi, n_cat, scores)
-            c = topk_excluding(scores, n_cat, u, seen, active, k, topk_out[e], sc_tmp)
+            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
         if f & LEARN:
             r = V[e]
@@ -138,7 +138,7 @@ def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, u
         if f & WANT_LIST:
             n_cat = dims[1]
             score_factors(P[u], Q, bi, n_cat, scores)
-            topk_excluding(scores, n_cat, u, seen, active, k, lst_out[e], sc_tmp)
+            user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
             for r_ in range(k):
                 lst_sc_out[e, r_] = sc_tmp[r_] + mu + bu[u]
     return -1

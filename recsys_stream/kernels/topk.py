@@ -1,5 +1,8 @@
 """Exact top-k over a score vector, excluding what the user already interacted with.
 
+The exclusion set arrives as a mask over item rows (``core.user_topk`` builds it from
+the user's history), so excluding costs one array read per candidate.
+
 The ranking protocol of the whole project lives here: candidates are the catalog rows
 ``0 .. n_cat-1`` (items the stream has seen so far) that are active (not retired) and not
 in the user's seen set; the order is score descending, and ties go to the lower row.
@@ -18,15 +21,12 @@ import math
 import numpy as np
 from numba import njit
 
-from .pairset import pairset_contains
 
 
 @njit(cache=True)
-def topk_excluding(scores, n_cat, u, seen, active, k, out_idx, out_sc):
-    """Fill ``out_idx[:c]``/``out_sc[:c]`` with the best ``c <= k`` candidates; return ``c``.
-
-    ``u < 0`` means an unknown user: nothing is excluded but retired rows.
-    """
+def topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc):
+    """Fill ``out_idx[:c]``/``out_sc[:c]`` with the best ``c <= k`` rows j < n_cat that are
+    active and not excluded (``excl[j] == 0``); return ``c``."""
     cnt = 0
     for j in range(n_cat):
         s = scores[j]
@@ -34,9 +34,7 @@ def topk_excluding(scores, n_cat, u, seen, active, k, out_idx, out_sc):
             continue
         if not (s == s):  # NaN never ranks
             continue
-        if active[j] == 0:
-            continue
-        if u >= 0 and pairset_contains(seen, u, j):
+        if active[j] == 0 or excl[j] != 0:
             continue
         pos = cnt if cnt < k else k - 1
         while pos > 0 and out_sc[pos - 1] < s:
@@ -62,7 +60,7 @@ def position_in(out_idx, cnt, i):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def score_factors(p, Q, item_bias, n_cat, out):
     """``out[j] = item_bias[j] + p . Q[j]`` for the first ``n_cat`` rows."""
     dim = Q.shape[1]
@@ -73,7 +71,7 @@ def score_factors(p, Q, item_bias, n_cat, out):
         out[j] = s + item_bias[j]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def score_factors_q8(p, Q8, scale, item_bias, n_cat, out):
     """Same as ``score_factors`` on the int8 copy: ``out[j] = b[j] + scale[j] * (p . q8[j])``."""
     dim = Q8.shape[1]
