@@ -96,6 +96,8 @@ def core_specs(recent: int) -> list[ArraySpec]:
         ArraySpec("active", ITEM, (), "uint8", fill=1),
         ArraySpec("pop", ITEM, (), "float64"),
         ArraySpec("pop_meta", GLOBAL, (4,), "float64"),
+        ArraySpec("pop.order", ITEM, (), "int32"),  # derived from pop: rebuilt, not stored
+        ArraySpec("pop.rank", ITEM, (), "int32"),
         ArraySpec("dims", GLOBAL, (2,), "int64"),
         ArraySpec("uev", USER, (), "int64"),
         ArraySpec("iev", ITEM, (), "int64"),
@@ -232,7 +234,8 @@ class Shard:
         """The shared arrays in the order ``kernels.core`` documents."""
         a = self.arrays
         return (self.seen.table, self.seen.count, a["active"], a["pop"], a["pop_meta"], a["dims"], a["uev"],
-                a["iev"], a["recent"], a["rng"], a["hist.off"], a["hist.len"], self.history.pool, a["scratch.excl"])
+                a["iev"], a["recent"], a["rng"], a["hist.off"], a["hist.len"], self.history.pool, a["scratch.excl"],
+                a["pop.order"], a["pop.rank"])
 
     def _fill_features(self, U: np.ndarray, I: np.ndarray) -> None:
         a = self.arrays

@@ -2,11 +2,13 @@
 
 A shard's common arrays travel into kernels as one tuple, ``core``::
 
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl)
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl,
+     porder, prank)
 
 - ``seen``/``seen_count``: pair set of (user row, item row) interactions (``pairset``);
 - ``active``: uint8 per item row, 0 once the item is retired from the catalog;
-- ``pop``/``pop_meta``: forward-decayed popularity (``popularity``);
+- ``pop``/``pop_meta``/``porder``/``prank``: forward-decayed popularity and the items in
+  popularity order (``popularity``);
 - ``dims``: int64 ``[n_users, n_items]``, rows seen so far (rows are handed out in order
   of first appearance, so row ``>= dims[1]`` means "not seen by the stream yet");
 - ``uev``/``iev``: events per user row / item row (the user's count is its list version);
@@ -58,20 +60,26 @@ CORE_FIELDS = (
     "hlen",
     "hpool",
     "excl",
+    "porder",
+    "prank",
 )
 
 
 @njit(cache=True, inline="always")
 def observe(core, u, i, t, weight):
     """Record interaction (u, i) at time t: seen set, counts, popularity, recency ring."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     if u >= dims[0]:
         dims[0] = u + 1
     if i >= dims[1]:
+        # rows arrive in order: the new item takes the last place in the popularity order
+        for r in range(dims[1], i + 1):
+            porder[r] = r
+            prank[r] = r
         dims[1] = i + 1
     if pairset_add(seen, seen_count, u, i):
         history_append(hoff, hlen, hpool, u, i)
-    pop_learn(pop, dims[1], pop_meta, i, t, weight)
+    pop_learn(pop, dims[1], pop_meta, i, t, weight, porder, prank)
     R = recent.shape[1]
     recent[u, uev[u] % R] = i
     uev[u] += 1
@@ -92,7 +100,7 @@ def recent_item(recent, uev, u, back):
 def user_topk(scores, n_cat, u, core, k, out_idx, out_sc):
     """Top-k of ``scores[:n_cat]`` for user row u, excluding the user's items and retired
     ones (u beyond the known users: nothing of theirs to exclude); returns the count."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     uu = u if u < dims[0] else -1
     mark_history(hoff, hlen, hpool, uu, excl, 1)
     c = topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc)

@@ -173,7 +173,7 @@ def _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats
 @njit(cache=True, nogil=True)
 def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n, hp, stats, core, out, scores):
     """Prequential like-model: predict p(like), rank if asked, then learn from label Y."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     mask = np.uint64(z.shape[0] - 1)
     cap = 1 + ufeat.shape[1] + ifeat.shape[1] + ufeat.shape[1] * ifeat.shape[1]

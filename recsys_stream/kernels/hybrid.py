@@ -1,10 +1,10 @@
 """Hybrid: candidates from three models, re-ranked by an FTRL model of their scores.
 
-For user u, candidates are the union of the top ``n_cand`` of
+For user u, candidates are the union of
 
-- the implicit factor model (``implicit``),
-- item-to-item CF (``itemknn``),
-- decayed popularity,
+- the top ``n_mf`` of the implicit factor model (``implicit``),
+- the top ``n_knn`` of item-to-item CF (``itemknn``),
+- the top ``n_pop`` by decayed popularity (read off the maintained popularity order),
 
 each excluding what u already had. A candidate j is described by a small dense vector
 (bias; factor score; item-to-item score / the user's best; popularity / the best;
@@ -27,18 +27,19 @@ import math
 import numpy as np
 from numba import njit
 
-from .common import rng_below
+from .common import rng_below, sigmoid
 from .core import LEARN, RANK, WANT_LIST, observe
-from .ftrl import ftrl_predict, ftrl_update
+from .ftrl import HP_ALPHA, HP_BETA, HP_L1, HP_L2, ftrl_predict, ftrl_update, ftrl_weight
 from .history import mark_history
+from .popularity import pop_topk
 from .implicit import implicit_learn
 from .itemknn import itemknn_learn, itemknn_scores
 from .topk import position_in, score_factors, topk_masked
 
 N_FEAT = 7  # per activity bucket
 N_BUCKETS = 5
-HP_NCAND, HP_NNEG = range(2)
-HP_SIZE = 2
+HP_NCAND, HP_NNEG, HP_NCAND_MF, HP_NCAND_POP = range(4)
+HP_SIZE = 4
 
 
 @njit(cache=True, inline="always")
@@ -70,23 +71,23 @@ def _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop
 
 
 @njit(cache=True)
-def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn, rank_mf, rank_knn, rank_pop,
+def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn, rank_mf, rank_knn, rank_pop,
                 cand, top_idx, top_sc):
     """Union of the three sources' top lists into ``cand``; returns (count, knn_max, pop_max)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     n_cat = dims[1]
     score_factors(P[u], Q, b, n_cat, s_mf)
     itemknn_scores(u, C, cnt, inv, knn_hp, core, s_knn)
     uu = u if u < dims[0] else -1
     mark_history(hoff, hlen, hpool, uu, excl, 1)
     m = 0
-    c = topk_masked(s_mf, n_cat, excl, active, n_cand, top_idx, top_sc)
+    c = topk_masked(s_mf, n_cat, excl, active, n_mf, top_idx, top_sc)
     for r in range(c):
         j = top_idx[r]
         rank_mf[j] = r
         cand[m] = j
         m += 1
-    c = topk_masked(s_knn, n_cat, excl, active, n_cand, top_idx, top_sc)
+    c = topk_masked(s_knn, n_cat, excl, active, n_knn, top_idx, top_sc)
     knn_max = top_sc[0] if c > 0 else 0.0
     for r in range(c):
         j = top_idx[r]
@@ -94,7 +95,7 @@ def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn, rank
             cand[m] = j
             m += 1
         rank_knn[j] = r
-    c = topk_masked(pop, n_cat, excl, active, n_cand, top_idx, top_sc)
+    c = pop_topk(pop, porder, n_cat, excl, active, n_pop, top_idx, top_sc)
     pop_max = top_sc[0] if c > 0 else 0.0
     for r in range(c):
         j = top_idx[r]
@@ -110,13 +111,23 @@ def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn, rank
 def _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, z, nacc, fhp,
             k, idx, val, w, out_idx, out_sc, probs):
     """Top-k of the candidates by the re-ranker's probability (ties: lower row)."""
+    # the bucket's weights are the same for every candidate: compute them once
+    wb = np.empty(N_FEAT)
+    for t in range(N_FEAT):
+        idx[t] = bucket * N_FEAT + t
+    alpha, beta, l1, l2 = fhp[HP_ALPHA], fhp[HP_BETA], fhp[HP_L1], fhp[HP_L2]
+    for t in range(N_FEAT):
+        wb[t] = ftrl_weight(z, nacc, bucket * N_FEAT + t, alpha, beta, l1, l2)
     cnt = 0
     for t in range(m):
         j = cand[t]
-        nf = _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket, idx, val)
-        p = ftrl_predict(idx, val, nf, z, nacc, fhp, w)
-        probs[t] = p
-    # selection by (p desc, row asc); candidates are not in row order, so compare rows on ties
+        _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket, idx, val)
+        s = 0.0
+        for f in range(N_FEAT):
+            s += wb[f] * val[f]
+        # monotone in the probability: rank by the logit
+        probs[t] = s
+    # selection by (score desc, row asc); candidates are not in row order, so compare rows on ties
     for t in range(m):
         j = cand[t]
         p = probs[t]
@@ -131,6 +142,8 @@ def _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, ran
         out_idx[pos] = j
         if cnt < k:
             cnt += 1
+    for r in range(cnt):
+        out_sc[r] = sigmoid(out_sc[r])
     for r in range(cnt, k):
         out_idx[r] = -1
         out_sc[r] = -np.inf
@@ -140,9 +153,12 @@ def _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, ran
 @njit(cache=True, nogil=True)
 def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z, nacc, fhp, hhp, core, out,
                  s_mf, s_knn, Q8, qs):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
-    n_cand = int(hhp[HP_NCAND])
+    n_knn = int(hhp[HP_NCAND])
+    n_mf = int(hhp[HP_NCAND_MF])
+    n_pop = int(hhp[HP_NCAND_POP])
+    n_cand = max(n_knn, max(n_mf, n_pop))
     n_neg = int(hhp[HP_NNEG])
     cap = s_mf.shape[0]
     rank_mf = np.full(cap, -1, dtype=np.int32)
@@ -163,7 +179,7 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
         f = F[e]
         bucket = _bucket(uev[u]) if u < dims[0] else 0
         if f & (RANK | LEARN):
-            m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn,
+            m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn,
                                               rank_mf, rank_knn, rank_pop, cand, top_idx, top_sc)
             if f & RANK:
                 c = _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
@@ -199,7 +215,7 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
                 if not math.isfinite(z[t]):
                     return e
         if f & WANT_LIST:
-            m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_cand, s_mf, s_knn,
+            m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn,
                                               rank_mf, rank_knn, rank_pop, cand, top_idx, top_sc)
             _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
                     z, nacc, fhp, k, idx, val, w, lst_out[e], sc_k, probs)

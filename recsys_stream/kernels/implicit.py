@@ -48,7 +48,7 @@ def _init_row(M, r, init, rng):
 @njit(cache=True)
 def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
     """One positive event's update (ISGD part and sampled BPR pairs); True if finite."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     dim = P.shape[1]
     lr = hp[HP_LR]
     reg = hp[HP_REG]
@@ -114,7 +114,7 @@ def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
 
 @njit(cache=True, nogil=True)
 def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out, scores):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     sc_tmp = np.empty(k, dtype=np.float64)
     tmp = np.empty(P.shape[1], dtype=np.float64)

@@ -37,7 +37,7 @@ def itemknn_scores(u, C, n, inv, hp, core, scores):
 
     ``inv[j] = n[j]^-(1 - beta)`` is kept up to date by ``itemknn_learn``.
     """
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     n_cat = dims[1]
     L = int(hp[HP_L])
     alpha = hp[HP_ALPHA]
@@ -65,7 +65,7 @@ def itemknn_scores(u, C, n, inv, hp, core, scores):
 @njit(cache=True)
 def itemknn_learn(u, i, C, n, inv, hp, core):
     """Count co-occurrences of i with the user's previous items (call before ``observe``)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     W = int(hp[HP_WINDOW])
     gamma = hp[HP_GAMMA]
     w = 1.0
@@ -84,7 +84,7 @@ def itemknn_learn(u, i, C, n, inv, hp, core):
 
 @njit(cache=True, nogil=True)
 def itemknn_batch(U, I, T, F, k, C, n, inv, hp, core, out, scores):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     sc_tmp = np.empty(k, dtype=np.float64)
     for e in range(U.shape[0]):

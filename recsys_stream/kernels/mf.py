@@ -45,7 +45,7 @@ HP_SIZE = 12
 def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, use_q8, core, out, scores):
     """Process events in order; returns -1, or the index of an event after which a
     parameter became NaN/Inf (the caller raises ``ModelDivergedError``)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl = core
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     dim = P.shape[1]
     lr = hp[HP_LR]

@@ -7,19 +7,24 @@ O(1). When the weights grow large the landmark moves forward and all scores are 
 once. ``rate = 0`` gives plain counts.
 
 ``meta`` is a float64 array ``[landmark, rate, initialised, max score]``.
+
+``order``/``rank`` keep the items sorted by score (descending, ties to the lower row):
+an update only raises one item's score, so it moves up a few places (``pop_place``), and
+the popularity top-k of a user is the first k unexcluded entries (``pop_topk``).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 _RESCALE_AT = 1e150
 
 
 @njit(cache=True)
-def pop_learn(pop, n_items, meta, i, t, weight):
+def pop_learn(pop, n_items, meta, i, t, weight, order, rank):
     """Add one (weighted) interaction with item row ``i`` at event time ``t``."""
     if meta[2] == 0.0:
         meta[0] = t
@@ -33,6 +38,7 @@ def pop_learn(pop, n_items, meta, i, t, weight):
         meta[3] *= f
         meta[0] = t
         x = 0.0
+        _resort(pop, n_items, order, rank)
     w = math.exp(x) * weight
     pop[i] += w
     if pop[i] > meta[3]:
@@ -44,6 +50,9 @@ def pop_learn(pop, n_items, meta, i, t, weight):
         meta[3] *= f
         # scores were divided by f^-1: shift the landmark so new weights stay consistent
         meta[0] += math.log(1.0 / f) / rate if rate > 0.0 else 0.0
+        _resort(pop, n_items, order, rank)
+    else:
+        pop_place(pop, order, rank, i)
 
 
 @njit(cache=True, inline="always")
@@ -53,3 +62,47 @@ def pop_now(pop, meta, i, t):
         return 0.0
     return pop[i] * math.exp(-meta[1] * (t - meta[0]))
 
+
+
+@njit(cache=True, inline="always")
+def pop_place(pop, order, rank, i):
+    """Move item ``i`` up the order after its score grew (ties: lower row first)."""
+    r = rank[i]
+    s = pop[i]
+    while r > 0:
+        j = order[r - 1]
+        if pop[j] > s or (pop[j] == s and j < i):
+            break
+        order[r] = j
+        rank[j] = r
+        r -= 1
+    order[r] = i
+    rank[i] = r
+
+
+@njit(cache=True)
+def _resort(pop, n_items, order, rank):
+    """Rebuild the order from scratch (after a rescale, where rounding can create ties)."""
+    o = np.argsort(-pop[:n_items], kind="mergesort")
+    for r in range(n_items):
+        order[r] = o[r]
+        rank[o[r]] = r
+
+
+@njit(cache=True)
+def pop_topk(pop, order, n_cat, excl, active, k, out_idx, out_sc):
+    """The first k items of the popularity order that are active and not excluded."""
+    c = 0
+    for r in range(n_cat):
+        if c == k:
+            break
+        j = order[r]
+        if active[j] == 0 or excl[j] != 0:
+            continue
+        out_idx[c] = j
+        out_sc[c] = pop[j]
+        c += 1
+    for r in range(c, k):
+        out_idx[r] = -1
+        out_sc[r] = -np.inf
+    return c

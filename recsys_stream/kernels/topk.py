@@ -23,10 +23,38 @@ from numba import njit
 
 
 
+@njit(cache=True, inline="always")
+def _worse(sa, ja, sb, jb):
+    """Is (score sa, row ja) ranked after (sb, jb)? Score descending, then row ascending."""
+    return sa < sb or (sa == sb and ja > jb)
+
+
+@njit(cache=True)
+def _sift_down(hs, hj, n, pos):
+    # min-heap by rank order: the root is the worst kept candidate
+    while True:
+        c = 2 * pos + 1
+        if c >= n:
+            return
+        if c + 1 < n and _worse(hs[c + 1], hj[c + 1], hs[c], hj[c]):
+            c += 1
+        if _worse(hs[c], hj[c], hs[pos], hj[pos]):
+            hs[c], hs[pos] = hs[pos], hs[c]
+            hj[c], hj[pos] = hj[pos], hj[c]
+            pos = c
+        else:
+            return
+
+
 @njit(cache=True)
 def topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc):
     """Fill ``out_idx[:c]``/``out_sc[:c]`` with the best ``c <= k`` rows j < n_cat that are
-    active and not excluded (``excl[j] == 0``); return ``c``."""
+    active and not excluded (``excl[j] == 0``); return ``c``.
+
+    Small k keeps a sorted run (insertion); larger k a binary heap, sorted at the end.
+    """
+    if k > 16:
+        return _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc)
     cnt = 0
     for j in range(n_cat):
         s = scores[j]
@@ -49,6 +77,47 @@ def topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc):
         out_idx[r] = -1
         out_sc[r] = -np.inf
     return cnt
+
+
+@njit(cache=True)
+def _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc):
+    hs = out_sc
+    hj = out_idx
+    n = 0
+    for j in range(n_cat):
+        s = scores[j]
+        if n == k and not (s > hs[0]):  # rows only increase: a tie with the root loses
+            continue
+        if not (s == s):
+            continue
+        if active[j] == 0 or excl[j] != 0:
+            continue
+        if n < k:
+            hs[n] = s
+            hj[n] = j
+            pos = n
+            n += 1
+            while pos > 0:
+                parent = (pos - 1) // 2
+                if _worse(hs[pos], hj[pos], hs[parent], hj[parent]):
+                    hs[pos], hs[parent] = hs[parent], hs[pos]
+                    hj[pos], hj[parent] = hj[parent], hj[pos]
+                    pos = parent
+                else:
+                    break
+        else:
+            hs[0] = s
+            hj[0] = j
+            _sift_down(hs, hj, n, 0)
+    # heap sort: repeatedly move the worst to the end
+    for end in range(n - 1, 0, -1):
+        hs[0], hs[end] = hs[end], hs[0]
+        hj[0], hj[end] = hj[end], hj[0]
+        _sift_down(hs, hj, end, 0)
+    for r in range(n, k):
+        out_idx[r] = -1
+        out_sc[r] = -np.inf
+    return n
 
 
 @njit(cache=True, inline="always")

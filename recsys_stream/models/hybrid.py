@@ -23,7 +23,9 @@ class HybridParams(Params):
     negatives: int = 32  # BPR negatives of the factor part
     window: int = 12
     recent: int = 10
-    candidates: int = 50  # from each source
+    candidates: int = 50  # from item-to-item CF
+    factor_candidates: int = 20  # from the factor model
+    pop_candidates: int = 20  # from popularity
     rerank_negatives: int = 8  # non-chosen candidates per event for the re-ranker
     alpha: float = 1.0  # re-ranker FTRL
     beta: float = 1.0
@@ -54,6 +56,8 @@ class HybridModel(Model):
         hhp = np.zeros(K.HP_SIZE)
         hhp[K.HP_NCAND] = pr.candidates
         hhp[K.HP_NNEG] = pr.rerank_negatives
+        hhp[K.HP_NCAND_MF] = pr.factor_candidates
+        hhp[K.HP_NCAND_POP] = pr.pop_candidates
         s_knn = np.empty_like(scores)
         return K.hybrid_batch(
             p.U, p.I, p.T, F, k, a["imp.P"], a["imp.Q"], a["imp.b"], a["imp.cu"], a["imp.ci"],
