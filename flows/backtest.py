@@ -70,7 +70,7 @@ def run_backtest(
     metrics = MetricsSink(acc, clock, total=source.total, progress=settings.progress)
     lists = None
     if shard.lists != "none" or shard.watch:
-        lists = ListsSink(shard.model, path=lists_path, keep_latest=keep_lists)
+        lists = ListsSink(path=lists_path, keep_latest=keep_lists)
     flow = build_flow(settings.flow, source, metrics_sink=metrics, lists_sink=lists, features=features)
     t0 = time.perf_counter()
     cli_main(flow, workers_per_process=settings.workers)

@@ -1,19 +1,23 @@
 """The recommender dataflow, built by a factory from a settings object.
 
-    events (batches) --route by user--> shards (stateful, keyed) --> results
-                                                                  |--> metrics sink
-                                                                  '--> lists sink
+    events --(parse)--> batches --route by user--> shards (stateful, keyed) --> results
+       '--> dead letters                 catalog --broadcast--^            |--> metrics sink
+                                                                         '--> lists sink
 
-``route`` splits each batch by a stable hash of the user id into key groups (shards);
-``shards`` is a ``stateful_batch`` step whose state per key is a ``Shard`` (embeddings,
-item-side parameters, id maps) and whose ``on_batch`` runs the prequential kernels over
-all events that arrived for it. The backtest plugs a file replay and a metrics sink into
-this same flow; the Kafka job plugs in Kafka.
+``parse`` (for raw Kafka messages) turns a poll's messages into one ``EventBatch`` and
+dead letters; ``route`` splits each batch by a stable hash of the user id into key groups
+(shards); ``shards`` is a ``stateful_batch`` step whose state per key is a ``Shard``
+(embeddings, item-side parameters, id maps) and whose ``on_batch`` runs the prequential
+kernels over every event that arrived for it. Catalog operations (an optional items
+topic) reach every shard. The backtest plugs a file replay and a metrics sink into this
+flow; the Kafka job plugs in Kafka sources and sinks and a refresh policy.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 import numpy as np
@@ -25,8 +29,11 @@ from bytewax.outputs import Sink
 
 from recsys_stream.events import EventBatch
 from recsys_stream.features import FeatureStore
+from recsys_stream.io.parse import CatalogParser, EventParser
+from recsys_stream.obs import NullMetrics
+from recsys_stream.refresh import RefreshPolicy
 from recsys_stream.routing import UserRouter, shard_keys
-from recsys_stream.shard import Shard, ShardResult, ShardSettings
+from recsys_stream.shard import Shard, ShardResult, ShardSettings, occurrence
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class FlowSettings:
     shard: ShardSettings = ShardSettings()
     n_shards: int = 1  # key groups of users; fixed for the life of a checkpoint
     flow_id: str = "recsys"
+    # None: lists as ShardSettings.lists says (backtests); a number: the refresh policy
+    refresh_interval_s: float | None = None
+    max_lateness_s: float = 0.0  # raw input: events this far behind their partition's latest are dead letters
 
     def __post_init__(self):
         if self.n_shards < 1:
@@ -53,61 +63,162 @@ class Router:
         if len(batch) == 0:
             return []
         if len(self.keys) == 1:
-            return [(self.keys[0], (0, batch))]
+            return [(self.keys[0], ("events", 0, batch))]
         shards = self.router.shards(batch.user)
         order = np.argsort(shards, kind="stable")
-        s_sorted = shards[order]
-        cuts = np.flatnonzero(np.diff(s_sorted)) + 1
+        cuts = np.flatnonzero(np.diff(shards[order])) + 1
         out = []
         for grp in np.split(order, cuts):
             j = int(shards[grp[0]])
-            out.append((self.keys[j], (j, batch.take(grp))))
+            out.append((self.keys[j], ("events", j, batch.take(grp))))
         return out
 
 
-class ShardLogic(StatefulBatchLogic):
-    """Bytewax wrapper of a ``Shard``: one kernel call per batch of events."""
+def empty_result(shard: int, lists: list, users: int = 0, items: int = 0) -> ShardResult:
+    z = np.zeros(0)
+    return ShardResult(shard=shard, n=0, seq=z.astype(np.int64), pred=z.astype(np.float32),
+                       target=z.astype(np.float32), pos=z.astype(np.int16), new_items=[], new_recs=[],
+                       users=users, items=items, lists=lists)
 
-    def __init__(self, settings: FlowSettings, features: FeatureStore | None, resume_state: Any):
+
+class ShardLogic(StatefulBatchLogic):
+    """Bytewax wrapper of a ``Shard``: one kernel call per batch, catalog operations in
+    arrival order, de-duplication by event id, and the refresh policy's timer."""
+
+    def __init__(self, settings: FlowSettings, features: FeatureStore | None, resume_state: Any, metrics):
         self.settings = settings
         self.features = features
+        self.metrics = metrics
         self.shard: Shard | None = None
+        iv = settings.refresh_interval_s
+        self.policy = RefreshPolicy(iv) if iv is not None else None
 
     def on_batch(self, values):
-        index = values[0][0]
-        if self.shard is None:
-            self.shard = Shard(index, self.settings.shard, self.features)
-        batch = EventBatch.concat([v[1] for v in values])
-        return [self.shard.process(batch)], StatefulBatchLogic.RETAIN
+        out: list = []
+        events: list = []
+        for kind, index, payload in values:
+            if self.shard is None:
+                self.shard = Shard(index, self.settings.shard, self.features)
+            if kind == "events":
+                events.append(payload)
+            else:
+                if events:
+                    out.append(self._process(events))
+                    events = []
+                self.shard.catalog(payload)
+        if events:
+            out.append(self._process(events))
+        return out, StatefulBatchLogic.RETAIN
+
+    def _process(self, batches: list) -> ShardResult:
+        sh = self.shard
+        b = EventBatch.concat(batches)
+        b, dups = sh.drop_duplicates(b)
+        if dups:
+            self.metrics.duplicates(dups)
+        if len(b) == 0:
+            r = empty_result(sh.index, [], len(sh.users), len(sh.items))
+        elif self.policy is None:
+            r = sh.process(b)
+        else:
+            now = time.time()
+            _u, codes = np.unique(b.user, return_inverse=True)
+            _occ, first, last = occurrence(codes)
+            want, leading = self.policy.choose(b.user, first, last, now)
+            r = sh.process(b, want)
+            r.lists = self.policy.after(r.lists, leading[want].tolist(), now)
+            self.policy.expire(now)
+        r.duplicates = dups
+        self.metrics.events_in(r.n)
+        self.metrics.update_seconds(r.busy_s, r.n)
+        return r
+
+    def on_notify(self):
+        due = self.policy.due(time.time()) if self.policy is not None else []
+        if not due or self.shard is None:
+            return [], StatefulBatchLogic.RETAIN
+        return [empty_result(self.shard.index, due, len(self.shard.users), len(self.shard.items))], \
+            StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> Optional[datetime]:
+        if self.policy is None:
+            return None
+        t = self.policy.next_due()
+        return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
 
     def snapshot(self) -> Any:
-        # Recovery of the model state lives in LMDB (a later step); Bytewax keeps nothing.
+        # The model state is made durable outside Bytewax (LMDB, a later step).
         return None
 
 
+class _CountingParser:
+    """Wraps a parser to count what goes to the dead letter."""
+
+    def __init__(self, parser, metrics):
+        self.parser = parser
+        self.metrics = metrics
+
+    def __call__(self, raw):
+        ok, dead = self.parser(raw)
+        if dead:
+            self.metrics.invalid(len(dead))
+        return ok, dead
+
+
 def _lists_of(r: ShardResult):
-    return r.lists if r.lists is not None and len(r.lists) else None
+    return r.lists or None
 
 
 def build_flow(
     settings: FlowSettings,
     source: Source,
     *,
+    raw: bool = False,
+    catalog_source: Optional[Source] = None,
     metrics_sink: Optional[Sink] = None,
     lists_sink: Optional[Sink] = None,
+    dead_letter_sink: Optional[Sink] = None,
     features: FeatureStore | None = None,
+    metrics=None,
 ) -> Dataflow:
-    """The dataflow for ``settings``, reading ``source`` (which yields ``EventBatch`` items)."""
+    """The dataflow for ``settings``.
+
+    ``source`` yields ``EventBatch`` items, or with ``raw=True`` ``RawBatch``es of JSON
+    messages to parse (bad ones go to ``dead_letter_sink``). ``catalog_source`` yields
+    ``RawBatch``es of catalog operations. ``lists_sink`` gets lists of list records;
+    ``metrics_sink`` gets ``ShardResult``s keyed ``"metrics"``.
+    """
     if metrics_sink is None and lists_sink is None:
         raise ValueError("the flow needs a metrics sink, a lists sink, or both")
+    metrics = metrics or NullMetrics()
     flow = Dataflow(settings.flow_id)
-    batches = op.input("events", flow, source)
+    inp = op.input("events", flow, source)
+    dead_streams = []
+    if raw:
+        parsed = op.map("parse", inp, _CountingParser(EventParser(settings.max_lateness_s), metrics))
+        batches = op.filter_map("parsed_events", parsed, lambda t: t[0])
+        dead_streams.append(op.filter_map("parse_errors", parsed, lambda t: t[1] or None))
+    else:
+        batches = inp
     routed = op.flat_map("route", batches, Router(settings.n_shards))
-    keyed = op.stateful_batch("shards", routed, lambda resume: ShardLogic(settings, features, resume))
+    if catalog_source is not None:
+        keys = shard_keys(settings.n_shards)
+        cat = op.input("catalog", flow, catalog_source)
+        cparsed = op.map("parse_catalog", cat, _CountingParser(CatalogParser(), metrics))
+        ops = op.filter_map("catalog_ops", cparsed, lambda t: t[0] or None)
+        dead_streams.append(op.filter_map("catalog_errors", cparsed, lambda t: t[1] or None))
+        bcast = op.flat_map("broadcast", ops, lambda o: [(key, ("catalog", j, o)) for j, key in enumerate(keys)])
+        routed = op.merge("with_catalog", routed, bcast)
+    keyed = op.stateful_batch("shards", routed, lambda resume: ShardLogic(settings, features, resume, metrics))
     results = op.map("results", keyed, lambda kv: kv[1])
     if metrics_sink is not None:
         op.output("metrics", op.key_on("metrics_key", results, lambda _r: "metrics"), metrics_sink)
     if lists_sink is not None:
         lists = op.filter_map("lists", results, _lists_of)
-        op.output("lists_out", op.key_on("lists_key", lists, lambda _l: "lists"), lists_sink)
+        if getattr(lists_sink, "keyed", True):
+            lists = op.key_on("lists_key", lists, lambda _l: "lists")
+        op.output("lists_out", lists, lists_sink)
+    if dead_streams and dead_letter_sink is not None:
+        dead = dead_streams[0] if len(dead_streams) == 1 else op.merge("dead_letters", *dead_streams)
+        op.output("dead_letter_out", dead, dead_letter_sink)
     return flow

@@ -1,6 +1,9 @@
 """The ``recsys-stream`` command.
 
+    recsys-stream run [--config FILE] [--brokers B] [--input-topic T] ...   the live job
     recsys-stream backtest [DATA] [--model M] [--dim K] [--k 10] [--seed S] [--out DIR] ...
+    recsys-stream replay DATA --brokers B --topic T [--rate R]               a file into Kafka
+    recsys-stream tail --brokers B --topic T                                 print the lists
     recsys-stream generate OUT [--events N] ...
 
 ``backtest`` replays a log (or, without DATA, a generated stream) through the dataflow,
@@ -258,6 +261,124 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# -- run ------------------------------------------------------------------------------
+
+RUN_FLAGS = {
+    "brokers": str, "input_topic": str, "output_topic": str, "dead_letter_topic": str, "items_topic": str,
+    "start": str, "partitions": int, "replication": int, "model": str, "k": int, "seed": int,
+    "refresh_interval_s": float, "dedupe_window_s": float, "max_lateness_s": float, "workers": int,
+    "process_id": int, "addresses": str, "checkpoint_dir": str, "checkpoint_interval_s": float,
+    "recovery_partitions": int, "metrics_port": int, "rate": float, "gen_events": int, "batch_size": int,
+    "log_format": str, "half_life_days": float,
+}
+
+
+def _kv_pairs(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise CliError(f"--{what} {item!r}: expected NAME=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_run(args) -> int:
+    import logging
+    import signal
+    from datetime import timedelta
+
+    from bytewax.run import cli_main
+
+    from flows.job import build_job
+
+    from .config import ConfigError, load_config
+    from .io.control import STOP
+    from .io.kafka import KafkaSetupError
+    from .obs import Metrics, NullMetrics, setup_logging
+
+    flags = {name: getattr(args, name) for name in RUN_FLAGS if getattr(args, name, None) is not None}
+    if args.evaluate:
+        flags["evaluate"] = True
+    if args.exit_at_end:
+        flags["exit_at_end"] = True
+    if args.param:
+        flags["params"] = _kv_pairs(args.param, "param")
+    if args.kafka:
+        flags["kafka"] = _kv_pairs(args.kafka, "kafka")
+    try:
+        cfg = load_config(args.config, flags=flags)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    setup_logging(cfg.log_format)
+    log = logging.getLogger("recsys_stream.run")
+    if cfg.checkpoint_dir:
+        raise CliError("--checkpoint-dir: recovery is not available in this build")
+    metrics = NullMetrics()
+    if cfg.metrics_port:
+        metrics = Metrics()
+        port = cfg.metrics_port + (cfg.process_id or 0)
+        metrics.serve(port)
+        log.info("metrics on :%d/metrics", port)
+    try:
+        job = build_job(cfg, metrics)
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    log.info("starting", extra={"config": cfg.describe(), "shards": job.settings.n_shards})
+
+    def stop(signum, _frame):
+        # end the input; Bytewax then completes the epoch and exits (see io.control)
+        log.info("signal %d: finishing the current batch and stopping", signum)
+        STOP.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    addresses = [a for a in cfg.addresses.split(";") if a.strip()] if cfg.addresses else None
+    cli_main(job.flow, workers_per_process=cfg.workers, process_id=cfg.process_id, addresses=addresses,
+             epoch_interval=timedelta(seconds=cfg.checkpoint_interval_s))
+    log.info("stopped")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .io.kafka import KafkaSetupError, ensure_topics
+    from .io.kafka_tools import event_messages, produce_messages
+    from .io.readers import ReaderError, read_events, write_dead_letters
+
+    try:
+        res = read_events(args.data, fmt=args.format, columns=args.columns, delimiter=args.delimiter,
+                          default_type=args.event_type, sort=not args.no_sort)
+    except (ReaderError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    if res.errors:
+        dl = args.data.rstrip("/") + ".dead-letter.jsonl"
+        write_dead_letters(dl, res.errors)
+        _log(f"{len(res.errors):,} malformed line(s) written to {dl}")
+    conf = {"bootstrap.servers": args.brokers, **_kv_pairs(args.kafka, "kafka")}
+    try:
+        if args.partitions:
+            ensure_topics(conf, [args.topic], args.partitions, 1)
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from None
+    import os
+
+    source = os.path.basename(args.data.rstrip("/"))
+    b = res.events
+    n = produce_messages(conf, args.topic, event_messages(b, source), len(b), rate=args.rate, progress=_log)
+    print(n)
+    return 0
+
+
+def cmd_tail(args) -> int:
+    from .io.kafka_tools import tail
+
+    conf = {"bootstrap.servers": args.brokers, **_kv_pairs(args.kafka, "kafka")}
+    tail(conf, args.topic, from_beginning=args.from_beginning, max_messages=args.max, timeout_s=args.timeout)
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 
 
@@ -295,6 +416,67 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gen-users", type=int, default=5_000)
     g.add_argument("--gen-items", type=int, default=2_000)
     b.set_defaults(func=cmd_backtest)
+
+    run = sub.add_parser("run", help="the live job: Kafka in, lists out (without --brokers: a generated stream)",
+                         description="Consume interaction events from Kafka, update the model per event and "
+                                     "produce refreshed top-k lists. Without --brokers: a generated stream, lists "
+                                     "on stdout. Settings: flags > RECSYS_* environment > --config TOML.")
+    run.add_argument("--config", metavar="FILE", help="TOML settings ([job], [model.params], [kafka])")
+    run.add_argument("--brokers", help="bootstrap servers; omitted: the embedded generated stream")
+    run.add_argument("--input-topic", dest="input_topic")
+    run.add_argument("--output-topic", dest="output_topic")
+    run.add_argument("--dead-letter-topic", dest="dead_letter_topic")
+    run.add_argument("--items-topic", dest="items_topic", help="catalog operations {item, op: add|retire}")
+    run.add_argument("--start", choices=("earliest", "latest"), help="without a checkpoint (default earliest)")
+    run.add_argument("--partitions", type=int, help="of the topics the job creates (default 3)")
+    run.add_argument("--replication", type=int)
+    run.add_argument("--model", choices=list(__import__("recsys_stream.models", fromlist=["MODELS"]).MODELS))
+    run.add_argument("--k", type=int)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--half-life", dest="half_life_days", type=float, metavar="DAYS")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter")
+    run.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE", help="librdkafka setting")
+    run.add_argument("--refresh-interval", dest="refresh_interval_s", type=float, metavar="S",
+                     help="at most one list per user per S seconds, leading and trailing edge (default 1)")
+    run.add_argument("--dedupe-window", dest="dedupe_window_s", type=float, metavar="S")
+    run.add_argument("--max-lateness", dest="max_lateness_s", type=float, metavar="S")
+    run.add_argument("--evaluate", action="store_true", help="also compute prequential metrics online")
+    run.add_argument("--workers", type=int, help="Bytewax workers in this process")
+    run.add_argument("--process-id", dest="process_id", type=int, help="this process in a Bytewax cluster")
+    run.add_argument("--addresses", help="host:port;host:port of every process of the cluster")
+    run.add_argument("--checkpoint-dir", dest="checkpoint_dir")
+    run.add_argument("--checkpoint-interval", dest="checkpoint_interval_s", type=float, metavar="S")
+    run.add_argument("--recovery-partitions", dest="recovery_partitions", type=int)
+    run.add_argument("--metrics-port", dest="metrics_port", type=int, help="Prometheus endpoint port")
+    run.add_argument("--batch-size", dest="batch_size", type=int, help="messages per poll")
+    run.add_argument("--rate", type=float, help="embedded stream: events per second (default 200)")
+    run.add_argument("--events", dest="gen_events", type=int, help="embedded stream: stop after N events")
+    run.add_argument("--exit-at-end", action="store_true", help="stop once the input is drained")
+    run.add_argument("--log-format", dest="log_format", choices=("text", "json"))
+    run.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("replay", help="produce a file's events into a Kafka topic, keyed by user")
+    rp.add_argument("data")
+    rp.add_argument("--brokers", required=True)
+    rp.add_argument("--topic", required=True)
+    rp.add_argument("--rate", type=float, default=0.0, help="events per second (default: as fast as possible)")
+    rp.add_argument("--partitions", type=int, default=0, help="create the topic with N partitions if missing")
+    rp.add_argument("--format", choices=FORMATS)
+    rp.add_argument("--columns")
+    rp.add_argument("--delimiter", default=",")
+    rp.add_argument("--event-type", default="rating")
+    rp.add_argument("--no-sort", action="store_true")
+    rp.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE")
+    rp.set_defaults(func=cmd_replay)
+
+    tl = sub.add_parser("tail", help="print recommendation lists as they arrive")
+    tl.add_argument("--brokers", required=True)
+    tl.add_argument("--topic", default="recommendations")
+    tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument("--max", type=int, default=0, help="stop after N lists")
+    tl.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds without a list")
+    tl.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE")
+    tl.set_defaults(func=cmd_tail)
 
     gen = sub.add_parser("generate", help="write a generated event stream with planted structure")
     gen.add_argument("out", help="output file")

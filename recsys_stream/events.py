@@ -90,6 +90,8 @@ class EventBatch:
     offset: np.ndarray  # int64
     ctx_ptr: np.ndarray = field(default=None)  # int64, len n+1
     ctx_hash: np.ndarray = field(default=None)  # uint64
+    eid: np.ndarray | None = None  # object: event id or None (de-duplication)
+    ingest: np.ndarray | None = None  # float64: wall clock when the event entered the flow
 
     def __post_init__(self):
         if self.ctx_ptr is None:
@@ -143,6 +145,10 @@ class EventBatch:
             self.part[idx],
             self.offset[idx],
         )
+        if self.eid is not None:
+            out.eid = self.eid[idx]
+        if self.ingest is not None:
+            out.ingest = self.ingest[idx]
         if len(self.ctx_hash):
             lens = (self.ctx_ptr[1:] - self.ctx_ptr[:-1])[idx]
             ptr = np.zeros(len(idx) + 1, dtype=np.int64)
@@ -172,6 +178,12 @@ class EventBatch:
             np.concatenate([b.part for b in batches]),
             np.concatenate([b.offset for b in batches]),
         )
+        if any(b.eid is not None for b in batches):
+            out.eid = np.concatenate([b.eid if b.eid is not None else np.full(len(b), None, dtype=object)
+                                      for b in batches])
+        if any(b.ingest is not None for b in batches):
+            out.ingest = np.concatenate([b.ingest if b.ingest is not None else np.full(len(b), np.nan)
+                                         for b in batches])
         if any(len(b.ctx_hash) for b in batches):
             ptrs = [np.zeros(1, dtype=np.int64)]
             base = 0

@@ -111,7 +111,7 @@ class MetricsAccumulator:
             if old is None or q < old:
                 self.rec_first[ext] = q
         self.shard_users[r.shard] = r.users
-        if r.lists is not None:
+        if r.lists:
             self.lists += len(r.lists)
         self.busy_s += r.busy_s
 

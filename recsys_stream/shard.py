@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,6 +40,7 @@ class ShardSettings:
     rank: bool | None = None  # force ranking metrics on (mf, ftrl) or off; None: model default
     lists: str = "none"  # which events get a fresh list: none, last (per user per batch), all
     watch: frozenset = frozenset()  # users whose last event per batch gets a list even with lists="none"
+    dedupe_window_s: float = 3600.0  # a repeated event id within this much event time is a duplicate
 
     def __post_init__(self):
         if self.params is None:
@@ -56,23 +58,6 @@ class ShardSettings:
 
 
 @dataclass
-class ListBatch:
-    """Fresh top-k lists, one per triggering event."""
-
-    users: list
-    items: list  # list of lists of item ids, best first
-    scores: list
-    versions: list  # the user's applied-event count at the triggering event
-    event_ts: list
-    part: list
-    offset: list
-    seq: list
-
-    def __len__(self):
-        return len(self.users)
-
-
-@dataclass
 class ShardResult:
     """What a shard emits for one batch: per-event metric inputs, catalog news, lists."""
 
@@ -86,9 +71,9 @@ class ShardResult:
     new_recs: list  # (item id, seq) for items this shard recommended first in this batch
     users: int
     items: int
-    lists: ListBatch | None = None
+    lists: list | None = None  # list records (dicts) computed for this batch, in event order
+    duplicates: int = 0
     busy_s: float = 0.0
-    kind: dict = field(default_factory=dict)
 
 
 def core_specs(recent: int) -> list[ArraySpec]:
@@ -113,9 +98,9 @@ def core_specs(recent: int) -> list[ArraySpec]:
     ]
 
 
-def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each event, how many earlier events of the same user the batch has, and
-    whether it is the user's last event in the batch."""
+def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each event: how many earlier events of the same user the batch has, whether it
+    is the user's first and whether it is the user's last event in the batch."""
     n = len(U)
     order = np.argsort(U, kind="stable")
     Us = U[order]
@@ -129,7 +114,7 @@ def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     end[:-1] = Us[1:] != Us[:-1]
     last = np.empty(n, dtype=bool)
     last[order] = end
-    return occ, last
+    return occ, occ == 0, last
 
 
 class Shard:
@@ -151,16 +136,20 @@ class Shard:
         a["pop_meta"][1] = 0.0 if math.isinf(hl) else math.log(2.0) / (hl * 86400.0)
         a["rng"][0] = np.uint64(mix64(np.uint64(settings.seed & 0xFFFFFFFFFFFFFFFF) + np.uint64(index)))
         self._scores = np.zeros(a.cap_items, dtype=np.float64)
+        # event ids seen within the de-duplication window (emission-side state, not model state)
+        self.recent_ids: dict = {}
+        self.id_queue: deque = deque()
 
     # -- the step -----------------------------------------------------------------
 
-    def process(self, b: EventBatch) -> ShardResult:
+    def process(self, b: EventBatch, want: np.ndarray | None = None) -> ShardResult:
+        """Evaluate-then-learn every event of ``b`` in order. Lists are computed for the
+        events ``want`` marks (default: per ``settings.lists`` and ``settings.watch``)."""
         s = self.settings
         k = s.k
         n = len(b)
         U, _ = self.users.rows(b.user)
         I, first_new_item = self.items.rows(b.item)
-        n_users_before = int(self.arrays["dims"][0])
         a = self.arrays
         a.ensure(len(self.users), len(self.items))
         self.seen.reserve(n)
@@ -174,15 +163,16 @@ class Shard:
         labels = like_labels(b.etype, b.value, getattr(s.params, "like_threshold", 4.0))
         p = Prepared(U, I, b.value, labels, b.ts, b.etype, b.ctx_ptr, b.ctx_hash)
         F = self.model.flags(p, s.evaluate)
-        want_lists = s.lists != "none" or bool(s.watch)
-        if want_lists:
-            occ, last = occurrence(U)
+        if want is None and (s.lists != "none" or s.watch):
+            _occ, _first, last = occurrence(U)
             if s.lists == "all":
-                F |= WANT_LIST
+                want = np.ones(n, dtype=bool)
             elif s.lists == "last":
-                F[last] |= WANT_LIST
+                want = last
             else:
-                F[last & np.isin(b.user, list(s.watch))] |= WANT_LIST
+                want = last & np.isin(b.user, list(s.watch))
+        if want is not None:
+            F[want] |= WANT_LIST
         out = (
             np.full(n, np.nan, dtype=np.float32),
             np.full(n, -2, dtype=np.int16),
@@ -191,9 +181,8 @@ class Shard:
             np.zeros((n, k), dtype=np.float32),
         )
         uev_before = a["uev"][U]
-        core = self.core()
         t0 = time.perf_counter()
-        status = self.model.run(p, F, k, core, out, self._scores)
+        status = self.model.run(p, F, k, self.core(), out, self._scores)
         busy = time.perf_counter() - t0
         if status >= 0:
             raise ModelDivergedError(s.model, b.user[status], b.item[status], int(b.seq[status]), self.model.hint())
@@ -207,12 +196,12 @@ class Shard:
             sel = rows >= first_new_item
             ids = self.items.ids
             new_items = [(ids[r], int(b.seq[e])) for r, e in zip(rows[sel], first[sel])]
-        new_recs = self._new_recs(F, topk, b.seq, k)
+        new_recs = self._new_recs(F, topk, b.seq, k) if s.evaluate else []
         lists = None
-        if want_lists:
-            sel = np.flatnonzero(F & WANT_LIST)
-            versions = uev_before[sel] + occ[sel] + 1
-            lists = self._lists(sel, b, lst, lst_sc, versions)
+        if want is not None:
+            sel = np.flatnonzero(want)
+            occ = occurrence(U)[0]
+            lists = self._records(sel, b, lst, lst_sc, uev_before[sel] + occ[sel] + 1)
         return ShardResult(
             shard=self.index,
             n=n,
@@ -227,6 +216,48 @@ class Shard:
             lists=lists,
             busy_s=busy,
         )
+
+    def drop_duplicates(self, b: EventBatch) -> tuple[EventBatch, int]:
+        """Remove events whose id was seen within the window (event time) before, or
+        earlier in this batch; returns the rest and how many were dropped."""
+        if b.eid is None:
+            return b, 0
+        window = self.settings.dedupe_window_s
+        seen = self.recent_ids
+        q = self.id_queue
+        keep = np.ones(len(b), dtype=bool)
+        newest = max(float(b.ts.max()), q[-1][0] if q else -np.inf)
+        for e, (eid, t) in enumerate(zip(b.eid, b.ts)):
+            if eid is None:
+                continue
+            if eid in seen:
+                keep[e] = False
+                continue
+            seen[eid] = t
+            q.append((float(t), eid))
+        while q and q[0][0] < newest - window:
+            _t, old = q.popleft()
+            seen.pop(old, None)
+        dropped = int(len(b) - keep.sum())
+        return (b if dropped == 0 else b.take(np.flatnonzero(keep))), dropped
+
+    def catalog(self, ops: list[tuple[str, str]]) -> None:
+        """Apply catalog operations in order: ``add`` makes an item recommendable (a new
+        item enters the catalog with no history), ``retire`` makes it never recommended
+        again (until added back)."""
+        a = self.arrays
+        for item, op in ops:
+            row = self.items.add(item)
+            if row >= int(a["dims"][1]):
+                a.ensure(len(self.users), len(self.items))
+                dims = a["dims"]
+                for r in range(int(dims[1]), row + 1):
+                    a["pop.order"][r] = r
+                    a["pop.rank"][r] = r
+                dims[1] = row + 1
+                if self.model.uses_features:
+                    fill_rows(self.features, [item], np.array([row]), a["feat.i"], a["feat.ni"], "item")
+            a["active"][row] = 1 if op == "add" else 0
 
     # -- helpers --------------------------------------------------------------------
 
@@ -264,22 +295,24 @@ class Shard:
         ids = self.items.ids
         return [(ids[r], int(q)) for r, q in zip(rows, seq[ev])]
 
-    def _lists(self, sel, b: EventBatch, lst, lst_sc, versions) -> ListBatch:
+    def _records(self, sel, b: EventBatch, lst, lst_sc, versions) -> list:
+        """The list records (the recommendations topic's values) of events ``sel``."""
         ids = self.items.ids
-        items, scores = [], []
-        for e in sel:
+        model = self.settings.model
+        out = []
+        for j, e in enumerate(sel):
             row = lst[e]
             m = int(np.count_nonzero(row >= 0))
-            items.append([ids[r] for r in row[:m]])
-            scores.append([float(x) for x in lst_sc[e, :m]])
-        return ListBatch(
-            users=list(b.user[sel]),
-            items=items,
-            scores=scores,
-            versions=[int(v) for v in versions],
-            event_ts=[float(t) for t in b.ts[sel]],
-            part=[int(x) for x in b.part[sel]],
-            offset=[int(x) for x in b.offset[sel]],
-            seq=[int(x) for x in b.seq[sel]],
-        )
-
+            rec = {
+                "user": b.user[e],
+                "items": [ids[r] for r in row[:m]],
+                "scores": [float(x) for x in lst_sc[e, :m]],
+                "model": model,
+                "version": int(versions[j]),
+                "event_ts": float(b.ts[e]),
+                "trigger": {"partition": int(b.part[e]), "offset": int(b.offset[e])},
+            }
+            if b.ingest is not None:
+                rec["_ingest_ts"] = float(b.ingest[e])
+            out.append(rec)
+        return out

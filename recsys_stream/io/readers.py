@@ -43,6 +43,7 @@ class DeadLetter:
     line: int | None = None
     partition: int | None = None
     offset: int | None = None
+    key: bytes | None = None  # the message key, for Kafka dead letters
 
     def to_json(self) -> bytes:
         obj = {"source": self.source, "reason": self.reason}

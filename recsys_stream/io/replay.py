@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
+import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from ..events import EventBatch
+from .control import STOP
 
 
 @dataclass
@@ -29,7 +31,8 @@ class RunClock:
 
 
 class _ReplayPartition(StatefulSourcePartition):
-    def __init__(self, log: EventBatch, batch_size: int, passes: int, rate: float, pos: int, clock: RunClock | None):
+    def __init__(self, log: EventBatch, batch_size: int, passes: int, rate: float, pos: int, clock: RunClock | None,
+                 stoppable: bool):
         self.log = log
         self.n = len(log)
         self.batch_size = batch_size
@@ -40,9 +43,10 @@ class _ReplayPartition(StatefulSourcePartition):
         self.span = float(log.ts[-1] - log.ts[0]) + 1.0 if self.n else 1.0
         self._t0 = None
         self._pos0 = pos
+        self.stoppable = stoppable
 
     def next_batch(self):
-        if self.pos >= self.total:
+        if self.pos >= self.total or (self.stoppable and STOP.is_set()):
             raise StopIteration()
         if self.rate > 0:
             now = time.monotonic()
@@ -60,6 +64,7 @@ class _ReplayPartition(StatefulSourcePartition):
         if p:
             chunk.ts = chunk.ts + p * self.span
             chunk.seq = chunk.seq + p * self.n
+        chunk.ingest = np.full(len(chunk), time.time())
         self.pos += stop - start
         if self.clock is not None and self.clock.first_event is None:
             self.clock.first_event = time.perf_counter()
@@ -80,7 +85,7 @@ class ReplaySource(FixedPartitionedSource):
     """Replays ``log`` (see module docstring) from one partition named ``replay``."""
 
     def __init__(self, log: EventBatch, batch_size: int = 4096, passes: int = 1, rate: float = 0.0,
-                 clock: RunClock | None = None):
+                 clock: RunClock | None = None, stoppable: bool = False):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if passes < 1:
@@ -90,6 +95,7 @@ class ReplaySource(FixedPartitionedSource):
         self.passes = passes
         self.rate = rate
         self.clock = clock
+        self.stoppable = stoppable  # end the input when ``control.STOP`` is set (the live job)
 
     @property
     def total(self) -> int:
@@ -99,5 +105,6 @@ class ReplaySource(FixedPartitionedSource):
         return ["replay"]
 
     def build_part(self, step_id, for_part, resume_state):
-        return _ReplayPartition(self.log, self.batch_size, self.passes, self.rate, resume_state or 0, self.clock)
+        return _ReplayPartition(self.log, self.batch_size, self.passes, self.rate, resume_state or 0, self.clock,
+                                self.stoppable)
 

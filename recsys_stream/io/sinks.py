@@ -6,31 +6,17 @@ routes a ``FixedPartitionedSink``'s items to the worker owning the partition).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Callable, Optional
 
 import orjson
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 from ..metrics import MetricsAccumulator
+from .control import STOP
 from .replay import RunClock
-
-
-def list_records(lb, model: str, emitted_at: float | None = None):
-    """The JSON objects of a ``ListBatch`` (the recommendations topic's value format)."""
-    now = time.time() if emitted_at is None else emitted_at
-    for j in range(len(lb)):
-        yield {
-            "user": lb.users[j],
-            "items": lb.items[j],
-            "scores": lb.scores[j],
-            "model": model,
-            "version": lb.versions[j],
-            "event_ts": lb.event_ts[j],
-            "trigger": {"partition": lb.part[j], "offset": lb.offset[j]},
-            "emitted_at": now,
-        }
 
 
 class _Progress:
@@ -107,8 +93,11 @@ class _ListsPartition(StatefulSinkPartition):
 
     def write_batch(self, values) -> None:
         s = self.sink
-        for lb in values:
-            for rec in list_records(lb, s.model):
+        now = time.time()
+        for recs in values:
+            for rec in recs:
+                rec.pop("_ingest_ts", None)
+                rec["emitted_at"] = now
                 if self.f is not None:
                     self.f.write(orjson.dumps(rec))
                     self.f.write(b"\n")
@@ -127,13 +116,12 @@ class _ListsPartition(StatefulSinkPartition):
 
 
 class ListsSink(_SinglePartitionSink):
-    """Recommendation lists: to a JSON Lines file, a callback, and/or the latest per user."""
+    """Recommendation lists (records): to a JSON Lines file, a callback, and/or the latest per user."""
 
     name = "lists"
 
-    def __init__(self, model: str, path: str | None = None, keep_latest: bool = True,
+    def __init__(self, path: str | None = None, keep_latest: bool = True,
                  on_record: Optional[Callable[[dict], None]] = None):
-        self.model = model
         self.path = path
         self.keep_latest = keep_latest
         self.on_record = on_record
@@ -144,3 +132,46 @@ class ListsSink(_SinglePartitionSink):
 
     def build_part(self, step_id, for_part, resume_state):
         return _ListsPartition(self)
+
+
+class _StdoutPartition(StatelessSinkPartition):
+    def __init__(self, sink: "StdoutListsSink"):
+        self.sink = sink
+        self.closed = False
+
+    def write_batch(self, items) -> None:
+        if self.closed:
+            return
+        now = time.time()
+        out = sys.stdout
+        try:
+            for recs in items:
+                for rec in recs:
+                    ingest = rec.pop("_ingest_ts", None)
+                    rec["emitted_at"] = now
+                    out.write(orjson.dumps(rec).decode())
+                    out.write("\n")
+                    if ingest is not None:
+                        self.sink.metrics.emit_latency(now - ingest)
+                self.sink.metrics.lists_out(len(recs))
+            out.flush()
+        except BrokenPipeError:
+            # the reader went away (``recsys-stream run | head``): stop like on SIGTERM
+            self.closed = True
+            STOP.set()
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
+
+
+class StdoutListsSink(DynamicSink):
+    """Lists as JSON lines on stdout (the embedded job)."""
+
+    keyed = False
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def build(self, step_id, worker_index, worker_count):
+        return _StdoutPartition(self)

@@ -5,20 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .core import RANK, WANT_LIST, observe
-from .history import mark_history
-from .popularity import pop_now, pop_topk
+from .core import RANK, WANT_LIST, observe, user_pop_topk
+from .popularity import pop_now
 from .topk import position_in
-
-
-@njit(cache=True)
-def _user_pop_topk(u, core, n_cat, k, out_idx, out_sc):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
-    uu = u if u < dims[0] else -1
-    mark_history(hoff, hlen, hpool, uu, excl, 1)
-    c = pop_topk(pop, porder, n_cat, excl, active, k, out_idx, out_sc)
-    mark_history(hoff, hlen, hpool, uu, excl, 0)
-    return c
 
 
 @njit(cache=True, nogil=True)
@@ -33,11 +22,11 @@ def pop_batch(U, I, T, F, k, core, out, scores):
         f = F[e]
         if f & RANK:
             n_cat = dims[1]
-            c = _user_pop_topk(u, core, n_cat, k, topk_out[e], sc_tmp)
+            c = user_pop_topk(u, core, n_cat, k, topk_out[e], sc_tmp)
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
         observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
-            _user_pop_topk(u, core, dims[1], k, lst_out[e], sc_tmp)
+            user_pop_topk(u, core, dims[1], k, lst_out[e], sc_tmp)
             for r in range(k):
                 lst_sc_out[e, r] = pop_now(pop, pop_meta, lst_out[e, r], T[e]) if lst_out[e, r] >= 0 else 0.0
     return -1

@@ -36,7 +36,7 @@ from numba import njit
 
 from .history import history_append, mark_history
 from .pairset import pairset_add
-from .popularity import pop_learn
+from .popularity import pop_learn, pop_topk
 from .topk import topk_masked
 
 # Event flags, set per event by the model wrapper.
@@ -104,5 +104,17 @@ def user_topk(scores, n_cat, u, core, k, out_idx, out_sc):
     uu = u if u < dims[0] else -1
     mark_history(hoff, hlen, hpool, uu, excl, 1)
     c = topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc)
+    mark_history(hoff, hlen, hpool, uu, excl, 0)
+    return c
+
+
+@njit(cache=True)
+def user_pop_topk(u, core, n_cat, k, out_idx, out_sc):
+    """The popularity list of user row u (their items excluded): the list of a user the
+    model does not know yet."""
+    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    uu = u if u < dims[0] else -1
+    mark_history(hoff, hlen, hpool, uu, excl, 1)
+    c = pop_topk(pop, porder, n_cat, excl, active, k, out_idx, out_sc)
     mark_history(hoff, hlen, hpool, uu, excl, 0)
     return c

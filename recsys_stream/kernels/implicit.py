@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit
 
 from .common import rng_below, rng_normal, sigmoid
-from .core import LEARN, RANK, WANT_LIST, observe, user_topk
+from .core import LEARN, RANK, WANT_LIST, observe, user_pop_topk, user_topk
 from .pairset import pairset_contains
 from .topk import position_in, quantize_row, score_factors, score_factors_q8
 
@@ -136,8 +136,11 @@ def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out
                 return e
         if f & WANT_LIST:
             n_cat = dims[1]
-            score_factors(P[u], Q, b, n_cat, scores)
-            user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
+            if cu[u] == 0:  # not learned yet (e.g. a frequency filter): the popularity list
+                user_pop_topk(u, core, n_cat, k, lst_out[e], sc_tmp)
+            else:
+                score_factors(P[u], Q, b, n_cat, scores)
+                user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
             for r in range(k):
                 lst_sc_out[e, r] = sc_tmp[r]
     return -1

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from .common import clip, rng_normal
-from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe, user_topk
+from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe, user_pop_topk, user_topk
 from .topk import position_in, quantize_row, score_factors, score_factors_q8
 
 HP_LR, HP_REG, HP_UBIAS_MIN, HP_UBIAS_C, HP_BIAS_REG, HP_INIT, HP_ADAGRAD, HP_LO, HP_HI, HP_MU0, HP_IBIAS_MIN, HP_IBIAS_C = range(12)
@@ -137,8 +137,13 @@ def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, u
         observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
             n_cat = dims[1]
-            score_factors(P[u], Q, bi, n_cat, scores)
-            user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
-            for r_ in range(k):
-                lst_sc_out[e, r_] = sc_tmp[r_] + mu + bu[u]
+            if cu[u] == 0:  # no rating from this user yet: the popularity list
+                user_pop_topk(u, core, n_cat, k, lst_out[e], sc_tmp)
+                for r_ in range(k):
+                    lst_sc_out[e, r_] = 0.0
+            else:
+                score_factors(P[u], Q, bi, n_cat, scores)
+                user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
+                for r_ in range(k):
+                    lst_sc_out[e, r_] = sc_tmp[r_] + mu + bu[u]
     return -1

@@ -1,0 +1,90 @@
+"""The deployed job: Kafka in, recommendations out (or the embedded generated stream).
+
+Build it from a ``RunConfig`` (``build_job``), or let Bytewax's runner do it::
+
+    python -m bytewax.run "flows.job:get_flow('recsys.toml')" -w 2
+
+where the TOML file, then ``RECSYS_*`` environment variables, configure it (see
+``recsys_stream.config``). ``recsys-stream run`` wraps the same factory with flags, a
+SIGTERM handler and the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bytewax.dataflow import Dataflow
+
+from recsys_stream.config import RunConfig, load_config
+from recsys_stream.generate import GeneratorSettings, generate
+from recsys_stream.io.kafka import (
+    KafkaBatchSource,
+    KafkaDeadLetterSink,
+    KafkaListsSink,
+    ensure_topics,
+    topic_partitions,
+)
+from recsys_stream.io.replay import ReplaySource
+from recsys_stream.io.sinks import StdoutListsSink
+from recsys_stream.models import MODELS
+from recsys_stream.obs import NullMetrics
+from recsys_stream.shard import ShardSettings
+
+from .recsys import FlowSettings, build_flow
+
+log = logging.getLogger("recsys_stream.job")
+
+
+@dataclass
+class Job:
+    flow: Dataflow
+    config: RunConfig
+    settings: FlowSettings
+    embedded: bool
+
+
+def cluster_size(cfg: RunConfig) -> int:
+    """Total workers of the cluster: workers per process x processes."""
+    processes = len([a for a in cfg.addresses.split(";") if a.strip()]) if cfg.addresses else 1
+    return cfg.workers * max(processes, 1)
+
+
+def shard_settings(cfg: RunConfig) -> ShardSettings:
+    params = MODELS[cfg.model][1]().replace(**dict(cfg.params))
+    return ShardSettings(model=cfg.model, params=params, k=cfg.k, seed=cfg.seed, half_life_days=cfg.half_life_days,
+                         evaluate=cfg.evaluate, dedupe_window_s=cfg.dedupe_window_s)
+
+
+def build_job(cfg: RunConfig, metrics=None) -> Job:
+    metrics = metrics or NullMetrics()
+    settings = FlowSettings(shard=shard_settings(cfg), n_shards=cluster_size(cfg), flow_id="recsys-job",
+                            refresh_interval_s=cfg.refresh_interval_s, max_lateness_s=cfg.max_lateness_s)
+    if not cfg.brokers:
+        gs = GeneratorSettings(events=cfg.gen_events or 200_000, users=cfg.gen_users, items=cfg.gen_items,
+                               seed=cfg.seed)
+        events = generate(gs)
+        passes = 1 if cfg.gen_events else 1_000_000  # endless: replay again with later event times
+        source = ReplaySource(events, batch_size=cfg.batch_size, passes=passes, rate=cfg.rate, stoppable=True)
+        flow = build_flow(settings, source, lists_sink=StdoutListsSink(metrics), metrics=metrics)
+        return Job(flow, cfg, settings, embedded=True)
+    conf = cfg.kafka_config()
+    n = topic_partitions(conf, cfg.input_topic)
+    created = ensure_topics(conf, [cfg.output_topic, cfg.dead_letter_topic], cfg.partitions, cfg.replication)
+    log.info("input %s has %d partition(s); created %s", cfg.input_topic, n, created or "nothing")
+    source = KafkaBatchSource(conf, cfg.input_topic, start=cfg.start, batch_size=cfg.batch_size,
+                              exit_at_end=cfg.exit_at_end, metrics=metrics)
+    catalog = None
+    if cfg.items_topic:
+        topic_partitions(conf, cfg.items_topic)
+        catalog = KafkaBatchSource(conf, cfg.items_topic, start="earliest", batch_size=cfg.batch_size,
+                                   exit_at_end=cfg.exit_at_end, metrics=metrics)
+    flow = build_flow(settings, source, raw=True, catalog_source=catalog,
+                      lists_sink=KafkaListsSink(conf, cfg.output_topic, metrics),
+                      dead_letter_sink=KafkaDeadLetterSink(conf, cfg.dead_letter_topic), metrics=metrics)
+    return Job(flow, cfg, settings, embedded=False)
+
+
+def get_flow(config_path: str | None = None) -> Dataflow:
+    """Factory for ``python -m bytewax.run``: configuration from the file and ``RECSYS_*``."""
+    return build_job(load_config(config_path)).flow

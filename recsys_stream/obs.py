@@ -1,0 +1,122 @@
+"""Observability: Prometheus metrics of a worker process and structured logs.
+
+``Metrics`` wraps prometheus-client collectors (a no-op ``NullMetrics`` stands in when
+no endpoint is wanted, so the hot path never checks). One endpoint per process
+(``serve``); every worker thread of the process reports into the same collectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+UPDATE_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
+LATENCY_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class NullMetrics:
+    def events_in(self, n: int) -> None:
+        pass
+
+    def invalid(self, n: int) -> None:
+        pass
+
+    def duplicates(self, n: int) -> None:
+        pass
+
+    def lists_out(self, n: int) -> None:
+        pass
+
+    def update_seconds(self, seconds: float, events: int) -> None:
+        pass
+
+    def emit_latency(self, seconds: float) -> None:
+        pass
+
+    def lag(self, topic: str, partition: int, messages: int) -> None:
+        pass
+
+
+class Metrics(NullMetrics):
+    """The collectors (names prefixed ``recsys_``), in their own registry."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._events = Counter("recsys_events_in", "Valid events that entered the model step", registry=r)
+        self._invalid = Counter("recsys_events_invalid", "Messages sent to the dead letter", registry=r)
+        self._dups = Counter("recsys_events_duplicate", "Events dropped as duplicates (same id)", registry=r)
+        self._lists = Counter("recsys_lists_out", "Recommendation lists produced", registry=r)
+        self._update = Histogram("recsys_update_seconds", "Model update time per batch (kernel)",
+                                 buckets=UPDATE_BUCKETS, registry=r)
+        self._update_ev = Histogram("recsys_update_seconds_per_event", "Model update time per event",
+                                    buckets=UPDATE_BUCKETS, registry=r)
+        self._latency = Histogram("recsys_event_to_emit_seconds",
+                                  "From the event entering the flow to its list being produced",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self._lag = Gauge("recsys_source_lag_messages", "High watermark minus the source position",
+                          ["topic", "partition"], registry=r)
+
+    def events_in(self, n):
+        self._events.inc(n)
+
+    def invalid(self, n):
+        self._invalid.inc(n)
+
+    def duplicates(self, n):
+        self._dups.inc(n)
+
+    def lists_out(self, n):
+        self._lists.inc(n)
+
+    def update_seconds(self, seconds, events):
+        self._update.observe(seconds)
+        if events:
+            self._update_ev.observe(seconds / events)
+
+    def emit_latency(self, seconds):
+        self._latency.observe(seconds)
+
+    def lag(self, topic, partition, messages):
+        self._lag.labels(topic, str(partition)).set(messages)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=addr, registry=self.registry)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: ts, level, logger, msg and any ``extra`` fields."""
+
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._skip:
+                obj[key] = value
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, default=str)
+
+
+def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("recsys_stream")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
