@@ -140,6 +140,15 @@ class ShardLogic(StatefulBatchLogic):
         return [empty_result(self.shard.index, due, len(self.shard.users), len(self.shard.items))], \
             StatefulBatchLogic.RETAIN
 
+    def on_eof(self):
+        # the input ended (drained, or SIGTERM): send the trailing lists still waiting
+        if self.policy is None or not self.policy.pending or self.shard is None:
+            return [], StatefulBatchLogic.RETAIN
+        due = list(self.policy.pending.values())
+        self.policy.pending.clear()
+        return [empty_result(self.shard.index, due, len(self.shard.users), len(self.shard.items))], \
+            StatefulBatchLogic.RETAIN
+
     def notify_at(self) -> Optional[datetime]:
         if self.policy is None:
             return None
