@@ -12,7 +12,7 @@ SIGTERM handler and the metrics endpoint.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bytewax.dataflow import Dataflow
 
@@ -25,8 +25,9 @@ from recsys_stream.io.kafka import (
     ensure_topics,
     topic_partitions,
 )
-from recsys_stream.io.replay import ReplaySource
-from recsys_stream.io.sinks import StdoutListsSink
+from recsys_stream.io.replay import ReplaySource, RunClock
+from recsys_stream.io.sinks import MetricsSink, StdoutListsSink
+from recsys_stream.metrics import MetricsAccumulator
 from recsys_stream.models import MODELS
 from recsys_stream.obs import NullMetrics
 from recsys_stream.shard import ShardSettings
@@ -42,6 +43,7 @@ class Job:
     config: RunConfig
     settings: FlowSettings
     embedded: bool
+    metrics: MetricsSink | None = None  # prequential metrics (embedded stream, or with evaluate)
 
 
 def cluster_size(cfg: RunConfig) -> int:
@@ -61,13 +63,18 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
     settings = FlowSettings(shard=shard_settings(cfg), n_shards=cluster_size(cfg), flow_id="recsys-job",
                             refresh_interval_s=cfg.refresh_interval_s, max_lateness_s=cfg.max_lateness_s)
     if not cfg.brokers:
+        # the embedded job: a generated stream, evaluated prequentially as it runs
+        settings = replace(settings, shard=replace(settings.shard, evaluate=True))
         gs = GeneratorSettings(events=cfg.gen_events or 200_000, users=cfg.gen_users, items=cfg.gen_items,
                                seed=cfg.seed)
         events = generate(gs)
         passes = 1 if cfg.gen_events else 1_000_000  # endless: replay again with later event times
         source = ReplaySource(events, batch_size=cfg.batch_size, passes=passes, rate=cfg.rate, stoppable=True)
-        flow = build_flow(settings, source, lists_sink=StdoutListsSink(metrics), metrics=metrics)
-        return Job(flow, cfg, settings, embedded=True)
+        model = MODELS[cfg.model][0]
+        acc = MetricsAccumulator(k=cfg.k, rating=model.predicts_rating, like=model.predicts_like)
+        msink = MetricsSink(acc, RunClock(), total=cfg.gen_events or None, progress=True, label="run")
+        flow = build_flow(settings, source, lists_sink=StdoutListsSink(metrics), metrics_sink=msink, metrics=metrics)
+        return Job(flow, cfg, settings, embedded=True, metrics=msink)
     conf = cfg.kafka_config()
     n = topic_partitions(conf, cfg.input_topic)
     created = ensure_topics(conf, [cfg.output_topic, cfg.dead_letter_topic], cfg.partitions, cfg.replication)

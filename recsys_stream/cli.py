@@ -339,6 +339,13 @@ def cmd_run(args) -> int:
     cli_main(job.flow, workers_per_process=cfg.workers, process_id=cfg.process_id, addresses=addresses,
              epoch_interval=timedelta(seconds=cfg.checkpoint_interval_s))
     log.info("stopped")
+    if job.metrics is not None and job.metrics.acc.events:
+        # the embedded job ends with its prequential metrics, one JSON object on the last line
+        from .report import dumps_line
+
+        summary = {"model": cfg.model, "k": cfg.k, "events": job.metrics.acc.events, **job.metrics.acc.finish(),
+                   "lists": job.metrics.acc.lists}
+        print(dumps_line(summary), flush=True)
     return 0
 
 

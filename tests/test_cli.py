@@ -86,3 +86,15 @@ def test_bad_arguments_are_clear_errors(udata):
     assert proc.returncode == 2 and "--dim does not apply to model 'pop'" in proc.stderr
     proc = cli("backtest", "/nonexistent/u.data")
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_run_embedded_prints_lists_and_ends_with_metrics():
+    proc = subprocess.run([sys.executable, "-m", "recsys_stream.cli", "run", "--events", "6000", "--rate", "6000",
+                           "--refresh-interval", "0.2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    summary = orjson.loads(lines[-1])
+    assert summary["events"] == 6000 and summary["hr@10"] > 0 and summary["lists"] == len(lines) - 1
+    first = orjson.loads(lines[0])
+    assert {"user", "items", "version", "trigger", "emitted_at"} <= set(first)
+    assert "run:" in proc.stderr  # progress

@@ -77,10 +77,11 @@ class MetricsSink(_SinglePartitionSink):
 
     name = "metrics"
 
-    def __init__(self, acc: MetricsAccumulator, clock: RunClock, total: int | None = None, progress: bool = True):
+    def __init__(self, acc: MetricsAccumulator, clock: RunClock, total: int | None = None, progress: bool = True,
+                 label: str = "backtest"):
         self.acc = acc
         self.clock = clock
-        self.progress = _Progress(total, "backtest") if progress else None
+        self.progress = _Progress(total, label, every_s=1.0 if label == "backtest" else 5.0) if progress else None
 
     def build_part(self, step_id, for_part, resume_state):
         return _MetricsPartition(self)
