@@ -11,10 +11,15 @@ SIGTERM handler and the metrics endpoint.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from recsys_stream.config import RunConfig, load_config
 from recsys_stream.generate import GeneratorSettings, generate
@@ -31,8 +36,9 @@ from recsys_stream.metrics import MetricsAccumulator
 from recsys_stream.models import MODELS
 from recsys_stream.obs import NullMetrics
 from recsys_stream.shard import ShardSettings
+from recsys_stream.storage import FORMAT, CheckpointError
 
-from .recsys import FlowSettings, build_flow
+from .recsys import CheckpointSettings, FlowSettings, build_flow
 
 log = logging.getLogger("recsys_stream.job")
 
@@ -55,13 +61,58 @@ def cluster_size(cfg: RunConfig) -> int:
 def shard_settings(cfg: RunConfig) -> ShardSettings:
     params = MODELS[cfg.model][1]().replace(**dict(cfg.params))
     return ShardSettings(model=cfg.model, params=params, k=cfg.k, seed=cfg.seed, half_life_days=cfg.half_life_days,
-                         evaluate=cfg.evaluate, dedupe_window_s=cfg.dedupe_window_s)
+                         evaluate=cfg.evaluate, dedupe_window_s=cfg.dedupe_window_s,
+                         min_user_events=cfg.min_user_events, ttl_s=cfg.ttl_s)
+
+
+def prepare_checkpoint_dir(cfg: RunConfig) -> tuple[int, Path]:
+    """Create ``<dir>/recovery`` (Bytewax's partitions) and ``<dir>/checkpoint.json`` on
+    first start; returns (number of shards, recovery directory). The number of shards is
+    fixed when the directory is made: later starts may use other worker counts, and the
+    shards move between workers."""
+    root = Path(cfg.checkpoint_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)  # processes of one cluster may start together
+        meta_path = root / "checkpoint.json"
+        rec = root / "recovery"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"{meta_path}: checkpoint format {meta.get('format')}; this build reads "
+                                      f"format {FORMAT}")
+            if meta.get("model") != cfg.model:
+                raise CheckpointError(f"{root}: made for model {meta.get('model')!r}, this job runs {cfg.model!r}")
+            return int(meta["n_shards"]), rec
+        n_shards = cluster_size(cfg)
+        if n_shards > cfg.recovery_partitions:
+            raise CheckpointError(f"{cluster_size(cfg)} workers need at least as many recovery partitions; "
+                                  f"raise --recovery-partitions (now {cfg.recovery_partitions})")
+        if not rec.exists():
+            rec.mkdir()
+            init_db_dir(rec, cfg.recovery_partitions)
+        meta_path.write_text(json.dumps({"format": FORMAT, "n_shards": n_shards, "model": cfg.model,
+                                         "recovery_partitions": cfg.recovery_partitions, "created": time.time()}))
+        return n_shards, rec
+
+
+def recovery_config(cfg: RunConfig) -> RecoveryConfig | None:
+    if not cfg.checkpoint_dir:
+        return None
+    return RecoveryConfig(Path(cfg.checkpoint_dir) / "recovery")
 
 
 def build_job(cfg: RunConfig, metrics=None) -> Job:
     metrics = metrics or NullMetrics()
-    settings = FlowSettings(shard=shard_settings(cfg), n_shards=cluster_size(cfg), flow_id="recsys-job",
-                            refresh_interval_s=cfg.refresh_interval_s, max_lateness_s=cfg.max_lateness_s)
+    n_shards = cluster_size(cfg)
+    checkpoint = None
+    if cfg.checkpoint_dir:
+        n_shards, _rec = prepare_checkpoint_dir(cfg)
+        checkpoint = CheckpointSettings(str(Path(cfg.checkpoint_dir) / "state.lmdb"), map_gb=cfg.checkpoint_map_gb,
+                                        fallback=cfg.checkpoint_fallback)
+    settings = FlowSettings(shard=shard_settings(cfg), n_shards=n_shards, flow_id="recsys-job",
+                            refresh_interval_s=cfg.refresh_interval_s, max_lateness_s=cfg.max_lateness_s,
+                            checkpoint=checkpoint)
     if not cfg.brokers:
         # the embedded job: a generated stream, evaluated prequentially as it runs
         settings = replace(settings, shard=replace(settings.shard, evaluate=True))
@@ -93,5 +144,7 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
 
 
 def get_flow(config_path: str | None = None) -> Dataflow:
-    """Factory for ``python -m bytewax.run``: configuration from the file and ``RECSYS_*``."""
+    """Factory for ``python -m bytewax.run``: configuration from the file and ``RECSYS_*``.
+    With a checkpoint directory, pass Bytewax ``-r <checkpoint_dir>/recovery -s
+    <checkpoint_interval_s>`` (the directory is prepared here)."""
     return build_job(load_config(config_path)).flow

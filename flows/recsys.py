@@ -15,6 +15,7 @@ flow; the Kafka job plugs in Kafka sources and sinks and a refresh policy.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,13 +28,25 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from recsys_stream.checkpoint import Checkpointer
 from recsys_stream.events import EventBatch
+from recsys_stream.faults import fault_point
 from recsys_stream.features import FeatureStore
 from recsys_stream.io.parse import CatalogParser, EventParser
 from recsys_stream.obs import NullMetrics
 from recsys_stream.refresh import RefreshPolicy
 from recsys_stream.routing import UserRouter, shard_keys
 from recsys_stream.shard import Shard, ShardResult, ShardSettings, occurrence
+from recsys_stream.storage import FORMAT, CheckpointError, Store
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Where and how shards keep their state (LMDB, see ``recsys_stream.storage``)."""
+
+    path: str  # the LMDB environment's directory
+    map_gb: float = 64.0  # LMDB map size (the file grows only as used)
+    fallback: bool = False  # resume from the newest intact older generation if the named one is unusable
 
 
 @dataclass(frozen=True)
@@ -46,10 +59,13 @@ class FlowSettings:
     # None: lists as ShardSettings.lists says (backtests); a number: the refresh policy
     refresh_interval_s: float | None = None
     max_lateness_s: float = 0.0  # raw input: events this far behind their partition's latest are dead letters
+    checkpoint: CheckpointSettings | None = None
 
     def __post_init__(self):
         if self.n_shards < 1:
             raise ValueError(f"n_shards must be >= 1, got {self.n_shards}")
+        if self.shard.ttl_s > 0 and self.checkpoint is None:
+            raise ValueError("a TTL needs a checkpoint directory: expired users are kept there")
 
 
 class Router:
@@ -83,7 +99,8 @@ def empty_result(shard: int, lists: list, users: int = 0, items: int = 0) -> Sha
 
 class ShardLogic(StatefulBatchLogic):
     """Bytewax wrapper of a ``Shard``: one kernel call per batch, catalog operations in
-    arrival order, de-duplication by event id, and the refresh policy's timer."""
+    arrival order, de-duplication by event id, the refresh policy's timer, and the
+    shard's checkpoints (the Bytewax snapshot is only a handle: shard and generation)."""
 
     def __init__(self, settings: FlowSettings, features: FeatureStore | None, resume_state: Any, metrics):
         self.settings = settings
@@ -92,13 +109,40 @@ class ShardLogic(StatefulBatchLogic):
         self.shard: Shard | None = None
         iv = settings.refresh_interval_s
         self.policy = RefreshPolicy(iv) if iv is not None else None
+        self.store = open_store(settings.checkpoint) if settings.checkpoint is not None else None
+        if resume_state is not None:
+            self._resume(resume_state)
+
+    def _new_shard(self, index: int) -> None:
+        self.shard = Shard(index, self.settings.shard, self.features)
+        if self.store is not None:
+            # no snapshot names this shard: whatever the store has of it is a crash's leftover
+            self.store.drop_shard(index)
+            self.shard.checkpointer = Checkpointer(self.shard, self.store, fault_point,
+                                                   self.settings.checkpoint.fallback)
+
+    def _resume(self, handle: dict) -> None:
+        if self.store is None:
+            raise CheckpointError("resuming from a snapshot needs the checkpoint directory it was written to")
+        if handle.get("format") != FORMAT:
+            raise CheckpointError(f"the snapshot was written in checkpoint format {handle.get('format')}; "
+                                  f"this build reads format {FORMAT}")
+        index = handle["shard"]
+        self.shard = Shard(index, self.settings.shard, self.features)
+        ck = Checkpointer(self.shard, self.store, fault_point, self.settings.checkpoint.fallback)
+        self.shard.checkpointer = ck
+        emit = ck.restore(handle["gen"])
+        self.shard.restore_emission(emit)
+        if self.policy is not None:
+            self.policy.pending = dict(emit.get("pending", {}))
+            self.policy.last_sent = dict(emit.get("last_sent", {}))
 
     def on_batch(self, values):
         out: list = []
         events: list = []
         for kind, index, payload in values:
             if self.shard is None:
-                self.shard = Shard(index, self.settings.shard, self.features)
+                self._new_shard(index)
             if kind == "events":
                 events.append(payload)
             else:
@@ -108,16 +152,18 @@ class ShardLogic(StatefulBatchLogic):
                 self.shard.catalog(payload)
         if events:
             out.append(self._process(events))
+        fault_point("batch.processed")
         return out, StatefulBatchLogic.RETAIN
 
     def _process(self, batches: list) -> ShardResult:
         sh = self.shard
         b = EventBatch.concat(batches)
         b, dups = sh.drop_duplicates(b)
+        b, held = sh.admit(b)
         if dups:
             self.metrics.duplicates(dups)
         if len(b) == 0:
-            r = empty_result(sh.index, [], len(sh.users), len(sh.items))
+            r = empty_result(sh.index, [], sh.n_users_total, len(sh.items))
         elif self.policy is None:
             r = sh.process(b)
         else:
@@ -129,6 +175,7 @@ class ShardLogic(StatefulBatchLogic):
             r.lists = self.policy.after(r.lists, leading[want].tolist(), now)
             self.policy.expire(now)
         r.duplicates = dups
+        r.filtered = held
         self.metrics.events_in(r.n)
         self.metrics.update_seconds(r.busy_s, r.n)
         return r
@@ -137,7 +184,7 @@ class ShardLogic(StatefulBatchLogic):
         due = self.policy.due(time.time()) if self.policy is not None else []
         if not due or self.shard is None:
             return [], StatefulBatchLogic.RETAIN
-        return [empty_result(self.shard.index, due, len(self.shard.users), len(self.shard.items))], \
+        return [empty_result(self.shard.index, due, self.shard.n_users_total, len(self.shard.items))], \
             StatefulBatchLogic.RETAIN
 
     def on_eof(self):
@@ -146,7 +193,7 @@ class ShardLogic(StatefulBatchLogic):
             return [], StatefulBatchLogic.RETAIN
         due = list(self.policy.pending.values())
         self.policy.pending.clear()
-        return [empty_result(self.shard.index, due, len(self.shard.users), len(self.shard.items))], \
+        return [empty_result(self.shard.index, due, self.shard.n_users_total, len(self.shard.items))], \
             StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> Optional[datetime]:
@@ -156,8 +203,36 @@ class ShardLogic(StatefulBatchLogic):
         return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
 
     def snapshot(self) -> Any:
-        # The model state is made durable outside Bytewax (LMDB, a later step).
-        return None
+        """Write the shard's next generation to LMDB; Bytewax keeps only the handle."""
+        if self.store is None or self.shard is None:
+            return None
+        sh = self.shard
+        emit = sh.emission_state()
+        if self.policy is not None:
+            now = time.time()
+            iv = self.policy.interval_s
+            emit["pending"] = self.policy.pending
+            # a send time older than the interval no longer throttles anyone
+            emit["last_sent"] = {u: t for u, t in self.policy.last_sent.items() if now - t < iv}
+        gen = sh.checkpointer.snapshot(emit)
+        fault_point("checkpoint.after-commit")
+        if self.settings.shard.ttl_s > 0:
+            sh.checkpointer.evict_idle(self.settings.shard.ttl_s)
+        return {"format": FORMAT, "shard": sh.index, "gen": gen}
+
+
+_STORES: dict = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(ck: CheckpointSettings) -> Store:
+    """One LMDB environment per directory and process, shared by its workers' shards."""
+    with _STORES_LOCK:
+        st = _STORES.get(ck.path)
+        if st is None:
+            st = Store(ck.path, map_size=int(ck.map_gb * (1 << 30)))
+            _STORES[ck.path] = st
+        return st
 
 
 class _CountingParser:

@@ -269,7 +269,7 @@ RUN_FLAGS = {
     "refresh_interval_s": float, "dedupe_window_s": float, "max_lateness_s": float, "workers": int,
     "process_id": int, "addresses": str, "checkpoint_dir": str, "checkpoint_interval_s": float,
     "recovery_partitions": int, "metrics_port": int, "rate": float, "gen_events": int, "batch_size": int,
-    "log_format": str, "half_life_days": float,
+    "log_format": str, "half_life_days": float, "checkpoint_map_gb": float, "ttl_s": float, "min_user_events": int,
 }
 
 
@@ -290,18 +290,21 @@ def cmd_run(args) -> int:
 
     from bytewax.run import cli_main
 
-    from flows.job import build_job
+    from flows.job import build_job, recovery_config
 
     from .config import ConfigError, load_config
     from .io.control import STOP
     from .io.kafka import KafkaSetupError
     from .obs import Metrics, NullMetrics, setup_logging
+    from .storage import CheckpointError
 
     flags = {name: getattr(args, name) for name in RUN_FLAGS if getattr(args, name, None) is not None}
     if args.evaluate:
         flags["evaluate"] = True
     if args.exit_at_end:
         flags["exit_at_end"] = True
+    if args.checkpoint_fallback:
+        flags["checkpoint_fallback"] = True
     if args.param:
         flags["params"] = _kv_pairs(args.param, "param")
     if args.kafka:
@@ -312,8 +315,6 @@ def cmd_run(args) -> int:
         raise CliError(str(exc)) from None
     setup_logging(cfg.log_format)
     log = logging.getLogger("recsys_stream.run")
-    if cfg.checkpoint_dir:
-        raise CliError("--checkpoint-dir: recovery is not available in this build")
     metrics = NullMetrics()
     if cfg.metrics_port:
         metrics = Metrics()
@@ -322,9 +323,7 @@ def cmd_run(args) -> int:
         log.info("metrics on :%d/metrics", port)
     try:
         job = build_job(cfg, metrics)
-    except KafkaSetupError as exc:
-        raise CliError(str(exc)) from None
-    except ValueError as exc:
+    except (KafkaSetupError, CheckpointError, ValueError) as exc:
         raise CliError(str(exc)) from None
     log.info("starting", extra={"config": cfg.describe(), "shards": job.settings.n_shards})
 
@@ -336,8 +335,16 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     addresses = [a for a in cfg.addresses.split(";") if a.strip()] if cfg.addresses else None
-    cli_main(job.flow, workers_per_process=cfg.workers, process_id=cfg.process_id, addresses=addresses,
-             epoch_interval=timedelta(seconds=cfg.checkpoint_interval_s))
+    try:
+        cli_main(job.flow, workers_per_process=cfg.workers, process_id=cfg.process_id, addresses=addresses,
+                 epoch_interval=timedelta(seconds=cfg.checkpoint_interval_s), recovery_config=recovery_config(cfg))
+    except Exception as exc:  # a Bytewax error wraps ours: show the cause, not a Rust backtrace
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, (CheckpointError, KafkaSetupError)):
+            raise CliError(str(cause)) from None
+        raise
     log.info("stopped")
     if job.metrics is not None and job.metrics.acc.events:
         # the embedded job ends with its prequential metrics, one JSON object on the last line
@@ -383,6 +390,36 @@ def cmd_tail(args) -> int:
 
     conf = {"bootstrap.servers": args.brokers, **_kv_pairs(args.kafka, "kafka")}
     tail(conf, args.topic, from_beginning=args.from_beginning, max_messages=args.max, timeout_s=args.timeout)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import describe
+    from .report import dumps_line
+    from .storage import CheckpointError
+
+    try:
+        info = describe(args.checkpoint_dir, user=args.user, with_digest=args.digest)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(dumps_line(info))
+    else:
+        print(f"checkpoint {info['checkpoint_dir']}: model {info['model']}, {info['n_shards']} shard(s)")
+        for shard, s in info["shards"].items():
+            extra = "" if s["committed_generation"] == s["newest_generation"] else \
+                f" (newest written: {s['newest_generation']}, not committed by Bytewax)"
+            print(f"  shard {shard}: generation {s['committed_generation']}{extra}; "
+                  f"{s.get('users', 0):,} users, {s.get('items', 0):,} items")
+        if "user" in info:
+            u = info["user"]
+            print(f"user {u['id']} (shard {u['shard']}, {'known' if u['known'] else 'unknown: popularity'}, "
+                  f"version {u['version']})")
+            for name, norm in u["norms"].items():
+                print(f"  |{name}| = {norm:.6f}")
+            print("  list: " + ", ".join(u["list"]))
+    if args.digest:
+        print(info["digest"])
     return 0
 
 
@@ -453,7 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--addresses", help="host:port;host:port of every process of the cluster")
     run.add_argument("--checkpoint-dir", dest="checkpoint_dir")
     run.add_argument("--checkpoint-interval", dest="checkpoint_interval_s", type=float, metavar="S")
-    run.add_argument("--recovery-partitions", dest="recovery_partitions", type=int)
+    run.add_argument("--recovery-partitions", dest="recovery_partitions", type=int,
+                     help="Bytewax recovery partitions made at first start: the most workers ever (default 8)")
+    run.add_argument("--checkpoint-map-gb", dest="checkpoint_map_gb", type=float)
+    run.add_argument("--checkpoint-fallback", action="store_true",
+                     help="if the checkpoint named by the last snapshot is unusable, resume from an older intact "
+                          "one (the events between are skipped)")
+    run.add_argument("--ttl", dest="ttl_s", type=float, metavar="S",
+                     help="users idle this long (event time) leave memory, kept in the checkpoint")
+    run.add_argument("--min-user-events", dest="min_user_events", type=int, metavar="N",
+                     help="frequency filter: a user gets state at their Nth event (default 1)")
     run.add_argument("--metrics-port", dest="metrics_port", type=int, help="Prometheus endpoint port")
     run.add_argument("--batch-size", dest="batch_size", type=int, help="messages per poll")
     run.add_argument("--rate", type=float, help="embedded stream: events per second (default 200)")
@@ -484,6 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds without a list")
     tl.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE")
     tl.set_defaults(func=cmd_tail)
+
+    ins = sub.add_parser("inspect", help="what a checkpoint directory holds; --digest hashes the model state")
+    ins.add_argument("checkpoint_dir")
+    ins.add_argument("--user", help="show this user's vector norms and current list")
+    ins.add_argument("--json", action="store_true", help="one JSON object")
+    ins.add_argument("--digest", action="store_true",
+                     help="print, as the last line, a stable hash of the model state at the committed generation")
+    ins.set_defaults(func=cmd_inspect)
 
     gen = sub.add_parser("generate", help="write a generated event stream with planted structure")
     gen.add_argument("out", help="output file")

@@ -67,8 +67,12 @@ class RunConfig:
     process_id: int | None = None  # with addresses: this process in a Bytewax cluster
     addresses: str = ""  # "host:port;host:port" of every process of the cluster
     checkpoint_dir: str = ""  # empty: no recovery
-    checkpoint_interval_s: float = 10.0
+    checkpoint_interval_s: float = 10.0  # the Bytewax epoch: a checkpoint per interval
     recovery_partitions: int = 8  # the most workers a checkpoint can ever be rescaled to
+    checkpoint_map_gb: float = 64.0  # LMDB map size (the file grows only as used)
+    checkpoint_fallback: bool = False  # resume from an older intact generation if the named one is unusable
+    ttl_s: float = 0.0  # users idle this long (event time) leave memory; they stay in the checkpoint
+    min_user_events: int = 1  # frequency filter: a user gets state at their Nth event
     metrics_port: int = 0  # Prometheus endpoint (0: off; each process uses port + process id)
     rate: float = 200.0  # embedded stream: events per second
     gen_users: int = 2000
@@ -86,13 +90,16 @@ class RunConfig:
             raise ConfigError(f"model: unknown {self.model!r}; expected one of {', '.join(MODELS)}")
         if self.start not in ("earliest", "latest"):
             raise ConfigError(f"start: expected 'earliest' or 'latest', got {self.start!r}")
-        for name in ("k", "partitions", "replication", "workers", "batch_size", "recovery_partitions"):
+        for name in ("k", "partitions", "replication", "workers", "batch_size", "recovery_partitions",
+                     "min_user_events"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.refresh_interval_s < 0 or self.checkpoint_interval_s <= 0:
             raise ConfigError("refresh_interval_s must be >= 0 and checkpoint_interval_s > 0")
         if self.brokers and not self.input_topic:
             raise ConfigError("input_topic: required with brokers")
+        if self.ttl_s > 0 and not self.checkpoint_dir:
+            raise ConfigError("ttl_s: expired users are kept in the checkpoint, so it needs checkpoint_dir")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format: expected text or json, got {self.log_format!r}")
         return self

@@ -18,7 +18,7 @@ import numpy as np
 from .events import EventBatch
 from .features import FeatureStore, fill_rows
 from .kernels.common import mix64
-from .kernels.core import RANK, WANT_LIST
+from .kernels.core import PEEK, RANK, WANT_LIST, popular_list
 from .models import MODELS, ModelDivergedError, Params, Prepared, model_params
 from .models.ftrl import like_labels
 from .state import GLOBAL, ITEM, USER, ArraySpec, History, IdMap, PairSet, StateArrays
@@ -41,6 +41,8 @@ class ShardSettings:
     lists: str = "none"  # which events get a fresh list: none, last (per user per batch), all
     watch: frozenset = frozenset()  # users whose last event per batch gets a list even with lists="none"
     dedupe_window_s: float = 3600.0  # a repeated event id within this much event time is a duplicate
+    min_user_events: int = 1  # frequency filter: a user gets state (an embedding) at their Nth event
+    ttl_s: float = 0.0  # >0: users idle this long (event time) leave memory after a checkpoint stored them
 
     def __post_init__(self):
         if self.params is None:
@@ -55,6 +57,8 @@ class ShardSettings:
             raise ValueError(f"lists must be one of {LIST_POLICIES}, got {self.lists!r}")
         if not self.half_life_days > 0:
             raise ValueError(f"half_life_days must be > 0, got {self.half_life_days}")
+        if self.min_user_events < 1:
+            raise ValueError(f"min_user_events must be >= 1, got {self.min_user_events}")
 
 
 @dataclass
@@ -73,6 +77,7 @@ class ShardResult:
     items: int
     lists: list | None = None  # list records (dicts) computed for this batch, in event order
     duplicates: int = 0
+    filtered: int = 0  # events of users not admitted yet (frequency filter)
     busy_s: float = 0.0
 
 
@@ -93,6 +98,10 @@ def core_specs(recent: int) -> list[ArraySpec]:
         ArraySpec("hist.cap", USER, (), "int64"),
         # scratch (all zero between kernel calls): the exclusion mask of the ranked user
         ArraySpec("scratch.excl", ITEM, (), "uint8"),
+        # rows changed since the last checkpoint
+        ArraySpec("dirty.u", USER, (), "uint8"),
+        ArraySpec("dirty.i", ITEM, (), "uint8"),
+        ArraySpec("last_ts", USER, (), "float64"),  # the user's latest event time (expiry)
         # evaluation bookkeeping (not model state): first event that recommended an item
         ArraySpec("book.first_rec", ITEM, (), "int64", fill=-1),
     ]
@@ -124,6 +133,13 @@ class Shard:
         self.index = index
         self.settings = settings
         self.features = features
+        self.checkpointer = None  # set when the shard is backed by a checkpoint store
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty state (a new shard, or before restoring an older generation)."""
+        settings = self.settings
+        index = self.index
         self.users = IdMap()
         self.items = IdMap()
         self.arrays = StateArrays(core_specs(max(settings.recent, 1)))
@@ -136,9 +152,11 @@ class Shard:
         a["pop_meta"][1] = 0.0 if math.isinf(hl) else math.log(2.0) / (hl * 86400.0)
         a["rng"][0] = np.uint64(mix64(np.uint64(settings.seed & 0xFFFFFFFFFFFFFFFF) + np.uint64(index)))
         self._scores = np.zeros(a.cap_items, dtype=np.float64)
-        # event ids seen within the de-duplication window (emission-side state, not model state)
+        # event ids seen within the de-duplication window (they decide which events are applied)
         self.recent_ids: dict = {}
         self.id_queue: deque = deque()
+        self.admission: dict = {}  # user -> events so far, for users below min_user_events
+        self.n_users_total = 0  # distinct users this shard has met (in memory or stored)
 
     # -- the step -----------------------------------------------------------------
 
@@ -148,10 +166,13 @@ class Shard:
         s = self.settings
         k = s.k
         n = len(b)
+        created = self.users.created
         U, _ = self.users.rows(b.user)
+        self.n_users_total += self.users.created - created
         I, first_new_item = self.items.rows(b.item)
         a = self.arrays
         a.ensure(len(self.users), len(self.items))
+        a["last_ts"][U] = b.ts  # the last write per user is their latest event
         self.seen.reserve(n)
         users, counts = np.unique(U, return_counts=True)
         self.history.reserve(users, counts, a)
@@ -211,11 +232,83 @@ class Shard:
             pos=pos,
             new_items=new_items,
             new_recs=new_recs,
-            users=len(self.users),
+            users=self.n_users_total,
             items=len(self.items),
             lists=lists,
             busy_s=busy,
         )
+
+    def admit(self, b: EventBatch) -> tuple[EventBatch, int]:
+        """Before ``process``: bring back stored users of the batch that are not in memory,
+        and hold back the events of users below ``min_user_events`` (they are counted; the
+        user gets state at their Nth event). Returns the events to process and how many
+        were held back."""
+        index = self.users.index
+        unknown = list(dict.fromkeys(u for u in b.user if u not in index))
+        if not unknown:
+            return b, 0
+        if self.checkpointer is not None:
+            stored = self.checkpointer.fetch_users(unknown)
+            for ext, payload in stored.items():
+                self.checkpointer.load_user(ext, payload)
+            unknown = [u for u in unknown if u not in stored]
+        need = self.settings.min_user_events
+        if need <= 1 or not unknown:
+            return b, 0
+        fresh = set(unknown)
+        keep = np.ones(len(b), dtype=bool)
+        counts = self.admission
+        for e, u in enumerate(b.user):
+            if u in fresh:
+                c = counts.get(u, 0) + 1
+                if c < need:
+                    counts[u] = c
+                    keep[e] = False
+                    if len(counts) > 1_000_000:  # bounded: the oldest counts are forgotten
+                        counts.pop(next(iter(counts)))
+                else:
+                    counts.pop(u, None)
+                    fresh.discard(u)  # admitted: this event and the next ones are learned
+        held = int(len(b) - keep.sum())
+        return (b if held == 0 else b.take(np.flatnonzero(keep))), held
+
+    def emission_state(self) -> dict:
+        """The bookkeeping a checkpoint keeps besides the model: de-duplication ids and
+        admission counts (both decide which events are applied)."""
+        return {"ids": [[t, e] for t, e in self.id_queue], "admission": self.admission}
+
+    def restore_emission(self, state: dict) -> None:
+        self.id_queue = deque((float(t), e) for t, e in state.get("ids", []))
+        self.recent_ids = {e: t for t, e in self.id_queue}
+        self.admission = dict(state.get("admission", {}))
+
+    def recommend(self, user: str) -> dict:
+        """The user's current list, read only (an unknown user gets the popularity list)."""
+        a = self.arrays
+        k = self.settings.k
+        row = self.users.get(user)
+        if row < 0 and self.checkpointer is not None:
+            found = self.checkpointer.fetch_users([user])
+            if user in found:
+                row = self.checkpointer.load_user(user, found[user])
+        if row < 0 or len(self.items) == 0:
+            idx = np.full(k, -1, dtype=np.int32)
+            sc = np.zeros(k)
+            c = popular_list(self.core(), k, idx, sc) if len(self.items) else 0
+            return {"user": user, "items": [self.items.ids[r] for r in idx[:c]], "scores": sc[:c].tolist(),
+                    "version": 0, "known": False}
+        one = np.zeros(1)
+        p = Prepared(np.array([row]), np.zeros(1, np.int64), one.astype(np.float32), one, a["last_ts"][[row]],
+                     np.zeros(1, np.int8), np.zeros(2, np.int64), np.zeros(0, np.uint64))
+        out = (np.full(1, np.nan, np.float32), np.full(1, -2, np.int16), np.full((1, k), -1, np.int32),
+               np.full((1, k), -1, np.int32), np.zeros((1, k), np.float32))
+        if len(self._scores) < a.cap_items:
+            self._scores = np.zeros(a.cap_items)
+        self.model.run(p, np.array([WANT_LIST | PEEK], np.int32), k, self.core(), out, self._scores)
+        lst, sc = out[3][0], out[4][0]
+        m = int(np.count_nonzero(lst >= 0))
+        return {"user": user, "items": [self.items.ids[r] for r in lst[:m]], "scores": sc[:m].tolist(),
+                "version": int(a["uev"][row]), "known": True}
 
     def drop_duplicates(self, b: EventBatch) -> tuple[EventBatch, int]:
         """Remove events whose id was seen within the window (event time) before, or
@@ -258,6 +351,7 @@ class Shard:
                 if self.model.uses_features:
                     fill_rows(self.features, [item], np.array([row]), a["feat.i"], a["feat.ni"], "item")
             a["active"][row] = 1 if op == "add" else 0
+            a["dirty.i"][row] = 1
 
     # -- helpers --------------------------------------------------------------------
 
@@ -266,7 +360,7 @@ class Shard:
         a = self.arrays
         return (self.seen.table, self.seen.count, a["active"], a["pop"], a["pop_meta"], a["dims"], a["uev"],
                 a["iev"], a["recent"], a["rng"], a["hist.off"], a["hist.len"], self.history.pool, a["scratch.excl"],
-                a["pop.order"], a["pop.rank"])
+                a["pop.order"], a["pop.rank"], a["dirty.u"], a["dirty.i"])
 
     def _fill_features(self, U: np.ndarray, I: np.ndarray) -> None:
         a = self.arrays

@@ -94,22 +94,28 @@ class StateArrays:
 
 
 class IdMap:
-    """External string id <-> dense row, rows handed out in order of first appearance."""
+    """External string id <-> dense row. New ids take freed rows first (lowest first),
+    then rows in order of first appearance; ``remove`` frees a row (user expiry)."""
 
     def __init__(self):
         self.index: dict[str, int] = {}
-        self.ids: list[str] = []
+        self.ids: list = []  # row -> id, None for a free row
+        self.free: list[int] = []  # freed rows, kept sorted descending (pop gives the lowest)
+        self.created = 0  # ids first met by ``rows`` (not re-added from a checkpoint)
 
     def __len__(self) -> int:
+        """Rows in use or freed: the extent the arrays must cover."""
         return len(self.ids)
+
+    def live(self) -> int:
+        return len(self.index)
 
     def get(self, ext: str) -> int:
         return self.index.get(ext, -1)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Rows of ``ids`` (-1 for unknown), without creating anything."""
-        get = self.index.get
-        return np.fromiter((get(x, -1) for x in ids), dtype=np.int64, count=len(ids))
+        return np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
         """Rows of ``ids``, creating rows for new ids in order; returns (rows, first new row)."""
@@ -122,18 +128,28 @@ class IdMap:
                 x = ids[j]
                 r = index.get(x)
                 if r is None:
-                    r = len(self.ids)
-                    index[x] = r
-                    self.ids.append(x)
+                    r = self.add(x)
+                    self.created += 1
                 out[j] = r
         return out, first_new
 
     def add(self, ext: str) -> int:
         r = self.index.get(ext)
         if r is None:
-            r = len(self.ids)
+            if self.free:
+                r = self.free.pop()
+                self.ids[r] = ext
+            else:
+                r = len(self.ids)
+                self.ids.append(ext)
             self.index[ext] = r
-            self.ids.append(ext)
+        return r
+
+    def remove(self, ext: str) -> int:
+        r = self.index.pop(ext)
+        self.ids[r] = None
+        self.free.append(r)
+        self.free.sort(reverse=True)
         return r
 
 

@@ -3,7 +3,7 @@
 A shard's common arrays travel into kernels as one tuple, ``core``::
 
     (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl,
-     porder, prank)
+     porder, prank, udirty, idirty)
 
 - ``seen``/``seen_count``: pair set of (user row, item row) interactions (``pairset``);
 - ``active``: uint8 per item row, 0 once the item is retired from the catalog;
@@ -16,7 +16,9 @@ A shard's common arrays travel into kernels as one tuple, ``core``::
 - ``rng``: the shard's SplitMix64 state (``common``);
 - ``hoff``/``hlen``/``hpool``: each user's distinct items in order (``history``);
 - ``excl``: uint8 scratch over item rows, all zero between calls (``user_topk`` marks a
-  user's items in it while ranking).
+  user's items in it while ranking);
+- ``udirty``/``idirty``: uint8 per user/item row, set when the row's state changes (a
+  checkpoint writes the dirty rows and clears them).
 
 Outputs travel as one tuple, ``out``::
 
@@ -44,6 +46,7 @@ EVALUATE = 1  # compute the prequential prediction / ranking before learning
 LEARN = 2  # update the model's parameters with the event
 WANT_LIST = 4  # compute the user's list after learning (to be emitted)
 RANK = 8  # rank the catalog before learning (ranking metrics)
+PEEK = 16  # read only: with WANT_LIST, the user's current list; nothing is learned or recorded
 
 CORE_FIELDS = (
     "seen",
@@ -62,13 +65,16 @@ CORE_FIELDS = (
     "excl",
     "porder",
     "prank",
+    "udirty",
+    "idirty",
 )
 
 
 @njit(cache=True, inline="always")
 def observe(core, u, i, t, weight):
     """Record interaction (u, i) at time t: seen set, counts, popularity, recency ring."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     if u >= dims[0]:
         dims[0] = u + 1
     if i >= dims[1]:
@@ -79,7 +85,11 @@ def observe(core, u, i, t, weight):
         dims[1] = i + 1
     if pairset_add(seen, seen_count, u, i):
         history_append(hoff, hlen, hpool, u, i)
-    pop_learn(pop, dims[1], pop_meta, i, t, weight, porder, prank)
+    if pop_learn(pop, dims[1], pop_meta, i, t, weight, porder, prank):
+        for j in range(dims[1]):  # a rescale changed every item's score
+            idirty[j] = 1
+    udirty[u] = 1
+    idirty[i] = 1
     R = recent.shape[1]
     recent[u, uev[u] % R] = i
     uev[u] += 1
@@ -100,7 +110,8 @@ def recent_item(recent, uev, u, back):
 def user_topk(scores, n_cat, u, core, k, out_idx, out_sc):
     """Top-k of ``scores[:n_cat]`` for user row u, excluding the user's items and retired
     ones (u beyond the known users: nothing of theirs to exclude); returns the count."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     uu = u if u < dims[0] else -1
     mark_history(hoff, hlen, hpool, uu, excl, 1)
     c = topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc)
@@ -112,9 +123,16 @@ def user_topk(scores, n_cat, u, core, k, out_idx, out_sc):
 def user_pop_topk(u, core, n_cat, k, out_idx, out_sc):
     """The popularity list of user row u (their items excluded): the list of a user the
     model does not know yet."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     uu = u if u < dims[0] else -1
     mark_history(hoff, hlen, hpool, uu, excl, 1)
     c = pop_topk(pop, porder, n_cat, excl, active, k, out_idx, out_sc)
     mark_history(hoff, hlen, hpool, uu, excl, 0)
     return c
+
+
+@njit(cache=True)
+def popular_list(core, k, out_idx, out_sc):
+    """The popularity list of a user nobody knows (nothing excluded but retired items)."""
+    return user_pop_topk(-1, core, core[5][1], k, out_idx, out_sc)

@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit
 
 from .common import hash_combine, sigmoid
-from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe, user_topk
+from .core import EVALUATE, LEARN, PEEK, RANK, WANT_LIST, observe, user_topk
 from .topk import position_in
 
 HP_ALPHA, HP_BETA, HP_L1, HP_L2, HP_CROSSES, HP_NORMALIZE, HP_STATS, HP_STATS_PRIOR = range(8)
@@ -86,8 +86,11 @@ def ftrl_predict(idx, val, nnz, z, n, hp, w):
     return sigmoid(s)
 
 
+CHUNK_BITS = 12  # dirty tracking of the weight arrays, by chunks of 4096 coordinates
+
+
 @njit(cache=True)
-def ftrl_update(idx, val, nnz, w, p, y, z, n, hp):
+def ftrl_update(idx, val, nnz, w, p, y, z, n, hp, dirty):
     """One FTRL-Proximal step for the row just predicted (``w`` from ``ftrl_predict``).
 
     A coordinate repeated in the row gets its gradient once per occurrence, as if the
@@ -100,6 +103,7 @@ def ftrl_update(idx, val, nnz, w, p, y, z, n, hp):
         sigma = (math.sqrt(n[c] + g * g) - math.sqrt(n[c])) / alpha
         z[c] += g - sigma * w[t]
         n[c] += g * g
+        dirty[c >> CHUNK_BITS] = 1
 
 
 @njit(cache=True)
@@ -171,9 +175,10 @@ def _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats
 
 
 @njit(cache=True, nogil=True)
-def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n, hp, stats, core, out, scores):
+def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n, zdirty, hp, stats, core, out, scores):
     """Prequential like-model: predict p(like), rank if asked, then learn from label Y."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     mask = np.uint64(z.shape[0] - 1)
     cap = 1 + ufeat.shape[1] + ifeat.shape[1] + ufeat.shape[1] * ifeat.shape[1]
@@ -202,13 +207,14 @@ def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n
         if f & EVALUATE:
             pred_out[e] = p
         if f & LEARN:
-            ftrl_update(idx, val, m, w, p, Y[e], z, n, hp)
+            ftrl_update(idx, val, m, w, p, Y[e], z, n, hp, zdirty)
             learn_stats(u, i, Y[e], V[e], stats, hp[HP_STATS_PRIOR])
             for t in range(m):
                 c = idx[t]
                 if not (math.isfinite(z[c]) and math.isfinite(n[c])):
                     return e
-        observe(core, u, i, T[e], 1.0)
+        if not (f & PEEK):
+            observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
             _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats, dims[1], idx, val, w, scores)
             user_topk(scores, dims[1], u, core, k, lst_out[e], sc_tmp)

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from .common import rng_below, sigmoid
-from .core import LEARN, RANK, WANT_LIST, observe
+from .core import LEARN, PEEK, RANK, WANT_LIST, observe
 from .ftrl import HP_ALPHA, HP_BETA, HP_L1, HP_L2, ftrl_predict, ftrl_update, ftrl_weight
 from .history import mark_history
 from .popularity import pop_topk
@@ -74,7 +74,8 @@ def _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop
 def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn, rank_mf, rank_knn, rank_pop,
                 cand, top_idx, top_sc):
     """Union of the three sources' top lists into ``cand``; returns (count, knn_max, pop_max)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     n_cat = dims[1]
     score_factors(P[u], Q, b, n_cat, s_mf)
     itemknn_scores(u, C, cnt, inv, knn_hp, core, s_knn)
@@ -153,7 +154,8 @@ def _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, ran
 @njit(cache=True, nogil=True)
 def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z, nacc, fhp, hhp, core, out,
                  s_mf, s_knn, Q8, qs):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     n_knn = int(hhp[HP_NCAND])
     n_mf = int(hhp[HP_NCAND_MF])
@@ -173,6 +175,7 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
     val = np.empty(N_FEAT, dtype=np.float64)
     w = np.empty(N_FEAT, dtype=np.float64)
     tmp = np.empty(P.shape[1], dtype=np.float64)
+    zdirty = np.zeros((z.shape[0] >> 12) + 1, dtype=np.uint8)  # the re-ranker is written whole
     for e in range(U.shape[0]):
         u = U[e]
         i = I[e]
@@ -190,7 +193,7 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
                 # positive: the observed item, described as the sources saw it
                 nf = _features(i, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket, idx, val)
                 p = ftrl_predict(idx, val, nf, z, nacc, fhp, w)
-                ftrl_update(idx, val, nf, w, p, 1.0, z, nacc, fhp)
+                ftrl_update(idx, val, nf, w, p, 1.0, z, nacc, fhp, zdirty)
                 if m > 1:
                     for _ in range(n_neg):
                         j = cand[rng_below(rng, m)]
@@ -199,7 +202,7 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
                         nf = _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket,
                                        idx, val)
                         p = ftrl_predict(idx, val, nf, z, nacc, fhp, w)
-                        ftrl_update(idx, val, nf, w, p, 0.0, z, nacc, fhp)
+                        ftrl_update(idx, val, nf, w, p, 0.0, z, nacc, fhp, zdirty)
             for t in range(m):
                 j = cand[t]
                 rank_mf[j] = -1
@@ -207,7 +210,8 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
                 rank_pop[j] = -1
         if f & LEARN:
             itemknn_learn(u, i, C, cnt, inv, knn_hp, core)
-        observe(core, u, i, T[e], 1.0)
+        if not (f & PEEK):
+            observe(core, u, i, T[e], 1.0)
         if f & LEARN:
             if not implicit_learn(u, i, P, Q, b, cu, ci, imp_hp, core, Q8, qs, False, tmp):
                 return e

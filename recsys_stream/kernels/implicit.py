@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit
 
 from .common import rng_below, rng_normal, sigmoid
-from .core import LEARN, RANK, WANT_LIST, observe, user_pop_topk, user_topk
+from .core import LEARN, PEEK, RANK, WANT_LIST, observe, user_pop_topk, user_topk
 from .pairset import pairset_contains
 from .topk import position_in, quantize_row, score_factors, score_factors_q8
 
@@ -48,7 +48,8 @@ def _init_row(M, r, init, rng):
 @njit(cache=True)
 def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
     """One positive event's update (ISGD part and sampled BPR pairs); True if finite."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     dim = P.shape[1]
     lr = hp[HP_LR]
     reg = hp[HP_REG]
@@ -84,6 +85,7 @@ def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
         if ci[j] == 0:  # ci counts every update of the row, negatives included
             _init_row(Q, j, init, rng)
         ci[j] += 1
+        idirty[j] = 1
         x = b[i] - b[j]
         for d in range(dim):
             x += P[u, d] * (Q[i, d] - Q[j, d])
@@ -114,7 +116,8 @@ def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
 
 @njit(cache=True, nogil=True)
 def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out, scores):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     sc_tmp = np.empty(k, dtype=np.float64)
     tmp = np.empty(P.shape[1], dtype=np.float64)
@@ -130,7 +133,8 @@ def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out
                 score_factors(P[u], Q, b, n_cat, scores)
             c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
-        observe(core, u, i, T[e], 1.0)
+        if not (f & PEEK):
+            observe(core, u, i, T[e], 1.0)
         if f & LEARN:
             if not implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
                 return e

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .core import LEARN, RANK, WANT_LIST, observe, recent_item, user_topk
+from .core import LEARN, PEEK, RANK, WANT_LIST, observe, recent_item, user_topk
 from .topk import position_in
 
 HP_WINDOW, HP_GAMMA, HP_L, HP_ALPHA, HP_BETA, HP_POPW = range(6)
@@ -37,7 +37,8 @@ def itemknn_scores(u, C, n, inv, hp, core, scores):
 
     ``inv[j] = n[j]^-(1 - beta)`` is kept up to date by ``itemknn_learn``.
     """
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     n_cat = dims[1]
     L = int(hp[HP_L])
     alpha = hp[HP_ALPHA]
@@ -65,7 +66,8 @@ def itemknn_scores(u, C, n, inv, hp, core, scores):
 @njit(cache=True)
 def itemknn_learn(u, i, C, n, inv, hp, core):
     """Count co-occurrences of i with the user's previous items (call before ``observe``)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     W = int(hp[HP_WINDOW])
     gamma = hp[HP_GAMMA]
     w = 1.0
@@ -77,6 +79,7 @@ def itemknn_learn(u, i, C, n, inv, hp, core):
             if j != i:
                 C[i, j] += w
                 C[j, i] += w
+                idirty[j] = 1
             w *= gamma
     n[i] += 1.0
     inv[i] = math.pow(n[i], hp[HP_BETA] - 1.0)
@@ -84,7 +87,8 @@ def itemknn_learn(u, i, C, n, inv, hp, core):
 
 @njit(cache=True, nogil=True)
 def itemknn_batch(U, I, T, F, k, C, n, inv, hp, core, out, scores):
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     sc_tmp = np.empty(k, dtype=np.float64)
     for e in range(U.shape[0]):
@@ -98,7 +102,8 @@ def itemknn_batch(U, I, T, F, k, C, n, inv, hp, core, out, scores):
             pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
         if f & LEARN:
             itemknn_learn(u, i, C, n, inv, hp, core)
-        observe(core, u, i, T[e], 1.0)
+        if not (f & PEEK):
+            observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
             itemknn_scores(u, C, n, inv, hp, core, scores)
             user_topk(scores, dims[1], u, core, k, lst_out[e], sc_tmp)

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from .common import clip, rng_normal
-from .core import EVALUATE, LEARN, RANK, WANT_LIST, observe, user_pop_topk, user_topk
+from .core import EVALUATE, LEARN, PEEK, RANK, WANT_LIST, observe, user_pop_topk, user_topk
 from .topk import position_in, quantize_row, score_factors, score_factors_q8
 
 HP_LR, HP_REG, HP_UBIAS_MIN, HP_UBIAS_C, HP_BIAS_REG, HP_INIT, HP_ADAGRAD, HP_LO, HP_HI, HP_MU0, HP_IBIAS_MIN, HP_IBIAS_C = range(12)
@@ -45,7 +45,8 @@ HP_SIZE = 12
 def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, use_q8, core, out, scores):
     """Process events in order; returns -1, or the index of an event after which a
     parameter became NaN/Inf (the caller raises ``ModelDivergedError``)."""
-    seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank = core
+    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
+     udirty, idirty) = core
     pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
     dim = P.shape[1]
     lr = hp[HP_LR]
@@ -134,7 +135,8 @@ def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, u
             for d in range(dim):
                 if not (math.isfinite(P[u, d]) and math.isfinite(Q[i, d])):
                     return e
-        observe(core, u, i, T[e], 1.0)
+        if not (f & PEEK):
+            observe(core, u, i, T[e], 1.0)
         if f & WANT_LIST:
             n_cat = dims[1]
             if cu[u] == 0:  # no rating from this user yet: the popularity list

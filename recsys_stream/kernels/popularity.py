@@ -25,7 +25,9 @@ _RESCALE_AT = 1e150
 
 @njit(cache=True)
 def pop_learn(pop, n_items, meta, i, t, weight, order, rank):
-    """Add one (weighted) interaction with item row ``i`` at event time ``t``."""
+    """Add one (weighted) interaction with item row ``i`` at event time ``t``; returns
+    True when every score was rescaled (so every item's state changed)."""
+    rescaled = False
     if meta[2] == 0.0:
         meta[0] = t
         meta[2] = 1.0
@@ -39,6 +41,7 @@ def pop_learn(pop, n_items, meta, i, t, weight, order, rank):
         meta[0] = t
         x = 0.0
         _resort(pop, n_items, order, rank)
+        rescaled = True
     w = math.exp(x) * weight
     pop[i] += w
     if pop[i] > meta[3]:
@@ -51,8 +54,10 @@ def pop_learn(pop, n_items, meta, i, t, weight, order, rank):
         # scores were divided by f^-1: shift the landmark so new weights stay consistent
         meta[0] += math.log(1.0 / f) / rate if rate > 0.0 else 0.0
         _resort(pop, n_items, order, rank)
+        rescaled = True
     else:
         pop_place(pop, order, rank, i)
+    return rescaled
 
 
 @njit(cache=True, inline="always")

@@ -69,6 +69,7 @@ class FTRLModel(Model):
         return feature_specs() + [
             ArraySpec("ftrl.z", GLOBAL, (n,), "float64"),
             ArraySpec("ftrl.n", GLOBAL, (n,), "float64"),
+            ArraySpec("ftrl.dirty", GLOBAL, ((n >> K.CHUNK_BITS) + 1,), "uint8"),  # chunks of z/n changed
             ArraySpec("ftrl.ulikes", USER, (), "float64"),
             ArraySpec("ftrl.uevents", USER, (), "float64"),
             ArraySpec("ftrl.ilikes", ITEM, (), "float64"),
@@ -91,7 +92,7 @@ class FTRLModel(Model):
         pr = self.params
         return K.ftrl_batch(
             p.U, p.I, p.Y, p.V, p.T, F, k, a["feat.u"], a["feat.nu"], a["feat.i"], a["feat.ni"], p.ctx_ptr, p.ctx_hash,
-            a["ftrl.z"], a["ftrl.n"],
+            a["ftrl.z"], a["ftrl.n"], a["ftrl.dirty"],
             ftrl_hp(pr.alpha, pr.beta, pr.l1, pr.l2, pr.crosses, pr.normalize, pr.stats, pr.stats_prior),
             (a["ftrl.ulikes"], a["ftrl.uevents"], a["ftrl.ilikes"], a["ftrl.ievents"], a["ftrl.glob"], a["ftrl.udev"],
              a["ftrl.ivalues"]), core, out, scores,

@@ -1,0 +1,113 @@
+"""Reading a checkpoint directory from outside: which generation Bytewax's last committed
+snapshot names per shard, what the shards hold, one user's vectors and list, a digest."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import pickle
+import sqlite3
+
+import numpy as np
+
+from .storage import USERS, CheckpointError, Store
+
+
+class _HandleUnpickler(pickle.Unpickler):
+    """Snapshots of the shard step are small dicts; refuse anything else."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a snapshot")
+
+
+def committed_handles(checkpoint_dir: str) -> dict[int, dict]:
+    """shard -> the handle ({"shard", "gen"}) of the newest snapshot Bytewax has committed."""
+    parts = sorted(glob.glob(os.path.join(checkpoint_dir, "recovery", "part-*.sqlite3")))
+    if not parts:
+        raise CheckpointError(f"{checkpoint_dir}: no Bytewax recovery partitions (recovery/part-*.sqlite3)")
+    commits = []
+    rows = []
+    for p in parts:
+        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            commits += [c for (c,) in con.execute("SELECT commit_epoch FROM commits")]
+            rows += list(con.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
+                                     "WHERE step_id LIKE '%.shards'"))
+        finally:
+            con.close()
+    if not commits:
+        return {}
+    resume = min(commits)  # every partition has committed up to here
+    best: dict = {}
+    for _step, key, epoch, blob in rows:
+        if epoch <= resume and (key not in best or epoch > best[key][0]):
+            best[key] = (epoch, blob)
+    out = {}
+    for key, (_epoch, blob) in best.items():
+        if blob is None:
+            continue
+        handle = _HandleUnpickler(io.BytesIO(blob)).load()
+        if isinstance(handle, dict) and "shard" in handle:
+            out[int(handle["shard"])] = handle
+    return out
+
+
+def describe(checkpoint_dir: str, user: str | None = None, with_digest: bool = False) -> dict:
+    from .checkpoint import Checkpointer, digest
+    from .models import MODELS
+    from .routing import UserRouter
+    from .shard import Shard, ShardSettings
+
+    meta_path = os.path.join(checkpoint_dir, "checkpoint.json")
+    if not os.path.exists(meta_path):
+        raise CheckpointError(f"{checkpoint_dir}: not a checkpoint directory (checkpoint.json missing)")
+    meta = json.loads(open(meta_path).read())
+    store = Store(os.path.join(checkpoint_dir, "state.lmdb"), readonly=True)
+    try:
+        handles = committed_handles(checkpoint_dir)
+        shards = {}
+        gens = {}
+        for shard in sorted(set(handles) | set(store.shards())):
+            committed = handles.get(shard, {}).get("gen", 0)
+            newest = store.head(shard)
+            info = {"committed_generation": committed, "newest_generation": newest}
+            if committed:
+                m = store.verify_generation(shard, committed)
+                info["users"] = sum(1 for _ in store.scan(shard, USERS, committed, verify=False))
+                info["items"] = sum(1 for _ in store.scan(shard, b"I", committed, verify=False))
+                info["model"] = m.meta["model"]
+                gens[shard] = committed
+            shards[shard] = info
+        out = {"checkpoint_dir": checkpoint_dir, "n_shards": meta["n_shards"], "model": meta["model"],
+               "shards": shards}
+        if user is not None:
+            shard = UserRouter(meta["n_shards"]).shard_of(user)
+            if shard not in gens:
+                raise CheckpointError(f"shard {shard} (of user {user!r}) has no committed generation")
+            m = store.manifest(shard, gens[shard])
+            cls = MODELS[m.meta["model"]][1]
+            hl = m.meta["half_life_days"]
+            settings = ShardSettings(model=m.meta["model"], params=cls(**m.meta["params"]), seed=m.meta["seed"],
+                                     recent=m.meta["recent"], half_life_days=float(hl))
+            sh = Shard(shard, settings)
+            ck = Checkpointer(sh, store)
+            sh.checkpointer = ck
+            ck.view_generation(gens[shard])
+            rec = sh.recommend(user)
+            row = sh.users.get(user)
+            norms = {}
+            if row >= 0:
+                for name, spec in sh.arrays.specs.items():
+                    if spec.kind == "user" and spec.dtype.startswith("float") and spec.tail and name != "last_ts":
+                        norms[name] = float(np.linalg.norm(sh.arrays[name][row].astype(np.float64)))
+            out["user"] = {"id": user, "shard": shard, "known": rec["known"], "version": rec["version"],
+                           "norms": norms, "list": rec["items"], "scores": rec["scores"]}
+        if with_digest:
+            d, counts = digest(store, gens)
+            out["digest"] = d
+            out["digest_counts"] = counts
+        return out
+    finally:
+        store.close()

@@ -1,0 +1,329 @@
+"""Checkpoint storage in LMDB: versioned records, one generation per Bytewax snapshot.
+
+Layout
+------
+One LMDB environment (``<checkpoint-dir>/state.lmdb``) holds every shard. A record's key
+is ``shard (u16) | table (u8) | len(entity) (u16) | entity | generation (u64)``, all
+big-endian, so the versions of one entity sit together, oldest first. Tables:
+
+- ``U`` one record per user (external id), ``I`` per item, ``G`` per global array (or
+  chunk of one), ``E`` the emission bookkeeping (pending lists, de-duplication ids),
+  ``M`` the manifest of each generation; ``H`` (not versioned) names the head generation.
+
+A value is ``FORMAT (u16) | payload length (u32) | payload | crc32 (u32)`` over the
+header and payload: every record is checked when read.
+
+Generations
+-----------
+A checkpoint writes generation ``g`` = head + 1: the records of every entity that
+changed since ``g - 1``, then the manifest of ``g`` (its record count and the xor of
+their checksums), then the head, in one LMDB transaction. The state as of ``g`` is, per
+entity, its newest version ``<= g``. Versions older than what generation ``g - KEEP``
+needs are deleted as new ones are written, so the last ``KEEP`` generations stay
+restorable. Restoring to ``g`` (the generation Bytewax's committed snapshot names)
+first deletes every version newer than ``g``: a crash after LMDB committed ``g + 1`` but
+before Bytewax committed its epoch rolls back exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import lmdb
+import orjson
+
+FORMAT = 1
+KEEP = 3  # generations kept restorable (Bytewax commits lag our writes by at most one)
+HEAD = b"H"
+USERS, ITEMS, GLOBALS, EMIT, MANIFEST = b"U", b"I", b"G", b"E", b"M"
+
+_HDR = struct.Struct(">HI")
+_CRC = struct.Struct(">I")
+_GEN = struct.Struct(">Q")
+_SHARD = struct.Struct(">H")
+_LEN = struct.Struct(">H")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: corrupt, truncated, incompatible or unwritable."""
+
+
+def encode(payload: bytes) -> bytes:
+    head = _HDR.pack(FORMAT, len(payload))
+    return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
+
+
+def decode(value: bytes, where: str) -> bytes:
+    if len(value) < _HDR.size + _CRC.size:
+        raise CheckpointError(f"{where}: record truncated ({len(value)} bytes)")
+    fmt, n = _HDR.unpack_from(value)
+    if fmt != FORMAT:
+        raise CheckpointError(f"{where}: written in checkpoint format {fmt}; this build reads format {FORMAT}")
+    if len(value) != _HDR.size + n + _CRC.size:
+        raise CheckpointError(f"{where}: record truncated (header says {n} payload bytes, {len(value)} in all)")
+    payload = value[_HDR.size : _HDR.size + n]
+    (crc,) = _CRC.unpack_from(value, _HDR.size + n)
+    if crc != zlib.crc32(payload, zlib.crc32(value[: _HDR.size])):
+        raise CheckpointError(f"{where}: checksum mismatch (the record is corrupt)")
+    return payload
+
+
+def crc_of(value: bytes) -> int:
+    return _CRC.unpack_from(value, len(value) - _CRC.size)[0]
+
+
+def entity_prefix(shard: int, table: bytes, entity: bytes) -> bytes:
+    return _SHARD.pack(shard) + table + _LEN.pack(len(entity)) + entity
+
+
+def version_key(shard: int, table: bytes, entity: bytes, gen: int) -> bytes:
+    return entity_prefix(shard, table, entity) + _GEN.pack(gen)
+
+
+def split_key(key: bytes) -> tuple[int, bytes, bytes, int]:
+    shard = _SHARD.unpack_from(key)[0]
+    table = key[2:3]
+    (n,) = _LEN.unpack_from(key, 3)
+    entity = key[5 : 5 + n]
+    gen = _GEN.unpack_from(key, 5 + n)[0]
+    return shard, table, entity, gen
+
+
+@dataclass
+class Manifest:
+    gen: int
+    records: int
+    crc_xor: int
+    meta: dict
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"gen": self.gen, "records": self.records, "crc_xor": self.crc_xor, "meta": self.meta})
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> "Manifest":
+        d = orjson.loads(b)
+        return cls(d["gen"], d["records"], d["crc_xor"], d["meta"])
+
+
+class Store:
+    """The LMDB environment of a checkpoint directory."""
+
+    def __init__(self, path: str, map_size: int = 64 << 30, readonly: bool = False):
+        self.path = path
+        data = os.path.join(path, "data.mdb")
+        if readonly and not os.path.exists(data):
+            raise CheckpointError(f"{path}: no LMDB checkpoint here (data.mdb missing)")
+        if os.path.exists(data) and os.path.getsize(data) < 2 * 4096:
+            raise CheckpointError(f"{data}: truncated ({os.path.getsize(data)} bytes); refusing to open it")
+        try:
+            os.makedirs(path, exist_ok=True)
+            self.env = lmdb.open(path, map_size=map_size, subdir=True, readonly=readonly, lock=True,
+                                 max_readers=64, metasync=True, sync=True)
+            with self.env.begin() as txn:  # touch the tree: a damaged file fails here, not later
+                txn.cursor().first()
+        except lmdb.Error as exc:
+            raise CheckpointError(f"{path}: the LMDB environment cannot be opened ({exc}); it is damaged or "
+                                  "truncated. Restore the directory from a backup or start from an empty one") from None
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- reading ------------------------------------------------------------------
+
+    def head(self, shard: int) -> int:
+        with self.env.begin() as txn:
+            v = txn.get(_SHARD.pack(shard) + HEAD)
+        return 0 if v is None else _GEN.unpack(v)[0]
+
+    def shards(self) -> list[int]:
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            ok = cur.first()
+            while ok:
+                key = cur.key()
+                shard = _SHARD.unpack_from(key)[0]
+                if key[2:3] == HEAD:
+                    out.append(shard)
+                ok = cur.set_range(_SHARD.pack(shard + 1)) if shard < 0xFFFF else False
+        return out
+
+    def manifest(self, shard: int, gen: int) -> Manifest | None:
+        with self.env.begin() as txn:
+            v = txn.get(version_key(shard, MANIFEST, b"", gen))
+        if v is None:
+            return None
+        return Manifest.from_bytes(decode(v, f"shard {shard} manifest of generation {gen}"))
+
+    def latest(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> tuple[int, bytes] | None:
+        """(generation, raw value) of the entity's newest version <= gen, or None."""
+        prefix = entity_prefix(shard, table, entity)
+        cur = txn.cursor()
+        if not cur.set_range(prefix + _GEN.pack(gen + 1)):
+            if not cur.last():
+                return None
+        else:
+            if not cur.prev():
+                return None
+        key = cur.key()
+        if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+            return None
+        return _GEN.unpack_from(key, len(prefix))[0], cur.value()
+
+    def get(self, shard: int, table: bytes, entity: bytes, gen: int) -> bytes | None:
+        with self.env.begin() as txn:
+            hit = self.latest(txn, shard, table, entity, gen)
+        if hit is None:
+            return None
+        return decode(hit[1], f"shard {shard} {table.decode()} {entity!r} generation {hit[0]}")
+
+    def scan(self, shard: int, table: bytes, gen: int, verify: bool = True) -> Iterator[tuple[bytes, int, bytes]]:
+        """(entity, generation, payload) of every entity's newest version <= gen."""
+        start = _SHARD.pack(shard) + table
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            ok = cur.set_range(start)
+            best = None
+            while ok:
+                key = cur.key()
+                if not key.startswith(start):
+                    break
+                _s, _t, entity, g = split_key(key)
+                if best is not None and best[0] != entity:
+                    yield self._checked(shard, table, best, verify)
+                    best = None
+                if g <= gen:
+                    best = (entity, g, cur.value())
+                ok = cur.next()
+            if best is not None:
+                yield self._checked(shard, table, best, verify)
+
+    def _checked(self, shard, table, best, verify):
+        entity, g, value = best
+        payload = decode(value, f"shard {shard} {table.decode()} {entity!r} generation {g}") if verify else value
+        return entity, g, payload
+
+    def verify_generation(self, shard: int, gen: int) -> Manifest:
+        """Check the manifest of ``gen`` against the records written in it."""
+        m = self.manifest(shard, gen)
+        if m is None:
+            raise CheckpointError(f"shard {shard}: generation {gen} has no manifest (it was never completed or "
+                                  "was removed)")
+        n = 0
+        x = 0
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            ok = cur.set_range(_SHARD.pack(shard))
+            while ok:
+                key = cur.key()
+                if _SHARD.unpack_from(key)[0] != shard:
+                    break
+                if key[2:3] not in (HEAD, MANIFEST):
+                    _s, table, entity, g = split_key(key)
+                    if g == gen:
+                        decode(cur.value(), f"shard {shard} {table.decode()} {entity!r} generation {g}")
+                        n += 1
+                        x ^= crc_of(cur.value())
+                ok = cur.next()
+        if n != m.records or x != m.crc_xor:
+            raise CheckpointError(f"shard {shard}: generation {gen} does not match its manifest ({n} records found, "
+                                  f"{m.records} written)")
+        return m
+
+    # -- writing ------------------------------------------------------------------
+
+    def write_generation(self, shard: int, records: list[tuple[bytes, bytes, bytes]], meta: dict,
+                         fault=None) -> int:
+        """Write ``(table, entity, payload)`` records as the next generation; returns it."""
+        try:
+            with self.env.begin(write=True) as txn:
+                hv = txn.get(_SHARD.pack(shard) + HEAD)
+                gen = 1 if hv is None else _GEN.unpack(hv)[0] + 1
+                x = 0
+                for j, (table, entity, payload) in enumerate(records):
+                    value = encode(payload)
+                    txn.put(version_key(shard, table, entity, gen), value)
+                    x ^= crc_of(value)
+                    self._gc(txn, shard, table, entity, gen)
+                    if fault is not None and j == len(records) // 2:
+                        fault("checkpoint.mid-write")
+                man = Manifest(gen, len(records), x, meta)
+                txn.put(version_key(shard, MANIFEST, b"", gen), encode(man.to_bytes()))
+                self._gc(txn, shard, MANIFEST, b"", gen)
+                txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
+        except lmdb.MapFullError:
+            raise CheckpointError(f"{self.path}: the LMDB map is full; nothing of this checkpoint was written. "
+                                  "Raise --checkpoint-map-gb (the file grows only as used)") from None
+        except lmdb.DiskError as exc:
+            raise CheckpointError(f"{self.path}: disk error while checkpointing ({exc}); nothing of this "
+                                  "checkpoint was written") from None
+        return gen
+
+    def _gc(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> None:
+        """Delete versions no restorable generation (>= gen - KEEP) needs."""
+        horizon = gen - KEEP
+        if horizon <= 0:
+            return
+        prefix = entity_prefix(shard, table, entity)
+        cur = txn.cursor()
+        if not cur.set_range(prefix):
+            return
+        older = []
+        while True:
+            key = cur.key()
+            if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                break
+            g = _GEN.unpack_from(key, len(prefix))[0]
+            if g > horizon:
+                break
+            older.append(key)
+            if not cur.next():
+                break
+        # keep the newest version <= horizon: it is the state as of the oldest kept generation
+        for key in older[:-1]:
+            txn.delete(key)
+
+    def rollback(self, shard: int, gen: int) -> int:
+        """Delete every version newer than ``gen`` and make ``gen`` the head; returns how many."""
+        removed = 0
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor()
+            ok = cur.set_range(_SHARD.pack(shard))
+            doomed = []
+            while ok:
+                key = cur.key()
+                if _SHARD.unpack_from(key)[0] != shard:
+                    break
+                if key[2:3] != HEAD and split_key(key)[3] > gen:
+                    doomed.append(key)
+                ok = cur.next()
+            for key in doomed:
+                txn.delete(key)
+                removed += 1
+            if gen > 0:
+                txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
+            else:
+                txn.delete(_SHARD.pack(shard) + HEAD)
+        return removed
+
+    def drop_shard(self, shard: int) -> int:
+        """Delete everything of a shard (a state built without a snapshot starts clean)."""
+        return self.rollback(shard, 0)
+
+    def generations(self, shard: int) -> list[int]:
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            prefix = entity_prefix(shard, MANIFEST, b"")
+            ok = cur.set_range(prefix)
+            while ok and cur.key().startswith(prefix):
+                out.append(_GEN.unpack_from(cur.key(), len(prefix))[0])
+                ok = cur.next()
+        return out
+
+    def disk_bytes(self) -> int:
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
