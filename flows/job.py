@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -97,9 +98,36 @@ def prepare_checkpoint_dir(cfg: RunConfig) -> tuple[int, Path]:
 
 
 def recovery_config(cfg: RunConfig) -> RecoveryConfig | None:
+    """Bytewax's recovery store: the source positions and each shard's handle."""
     if not cfg.checkpoint_dir:
         return None
     return RecoveryConfig(Path(cfg.checkpoint_dir) / "recovery")
+
+
+_HELD_LOCKS: list = []
+
+
+def lock_checkpoint_dir(cfg: RunConfig) -> None:
+    """Hold ``<dir>/.worker-<process id>.lock`` for the life of the process: a second
+    process with the same checkpoint directory and process id would write the same
+    shards' generations concurrently, so it is refused."""
+    if not cfg.checkpoint_dir:
+        return
+    path = Path(cfg.checkpoint_dir) / f".worker-{cfg.process_id or 0}.lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise CheckpointError(f"{cfg.checkpoint_dir} is in use by another worker process (pid {holder}) with "
+                              f"process id {cfg.process_id or 0}; stop it first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _HELD_LOCKS.append(f)
 
 
 def build_job(cfg: RunConfig, metrics=None) -> Job:
@@ -108,6 +136,7 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
     checkpoint = None
     if cfg.checkpoint_dir:
         n_shards, _rec = prepare_checkpoint_dir(cfg)
+        lock_checkpoint_dir(cfg)
         checkpoint = CheckpointSettings(str(Path(cfg.checkpoint_dir) / "state.lmdb"), map_gb=cfg.checkpoint_map_gb,
                                         fallback=cfg.checkpoint_fallback)
     settings = FlowSettings(shard=shard_settings(cfg), n_shards=n_shards, flow_id="recsys-job",

@@ -15,6 +15,7 @@ flow; the Kafka job plugs in Kafka sources and sinks and a refresh policy.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ from recsys_stream.refresh import RefreshPolicy
 from recsys_stream.routing import UserRouter, shard_keys
 from recsys_stream.shard import Shard, ShardResult, ShardSettings, occurrence
 from recsys_stream.storage import FORMAT, CheckpointError, Store
+
+
+log = logging.getLogger("recsys_stream.flow")
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,9 @@ class ShardLogic(StatefulBatchLogic):
     def _process(self, batches: list) -> ShardResult:
         sh = self.shard
         b = EventBatch.concat(batches)
+        b, replayed = sh.skip_applied(b)
+        again = self._replayed(replayed) if replayed is not None else []
+        self._check_gap(b)
         b, dups = sh.drop_duplicates(b)
         b, held = sh.admit(b)
         if dups:
@@ -174,11 +181,44 @@ class ShardLogic(StatefulBatchLogic):
             r = sh.process(b, want)
             r.lists = self.policy.after(r.lists, leading[want].tolist(), now)
             self.policy.expire(now)
+        if again:
+            r.lists = again + (r.lists or [])
         r.duplicates = dups
         r.filtered = held
         self.metrics.events_in(r.n)
         self.metrics.update_seconds(r.busy_s, r.n)
         return r
+
+    def _replayed(self, replayed: EventBatch) -> list:
+        """Events applied before a crash that the source sends again: not learned twice.
+        Their lists may not have reached the sink, so each of their users gets the current
+        list again: the state is the one after the user's latest applied event, so it is
+        the list (and the version) that event produced; subscribers drop it if they had it."""
+        if self.policy is None:
+            return []
+        out = []
+        for user in dict.fromkeys(replayed.user):
+            rec = self.shard.recommend(user)
+            if rec["known"]:
+                last = np.flatnonzero(replayed.user == user)[-1]
+                out.append({"user": user, "items": rec["items"], "scores": rec["scores"],
+                            "model": self.settings.shard.model, "version": rec["version"],
+                            "event_ts": float(replayed.ts[last]),
+                            "trigger": {"partition": int(replayed.part[last]), "offset": int(replayed.offset[last])}})
+        return out
+
+    def _check_gap(self, b: EventBatch) -> None:
+        """After a restore, the source must resume at or before the first unapplied event."""
+        first = self.shard.resumed_from
+        if not first or len(b) == 0:
+            return
+        self.shard.resumed_from = None
+        for part, top in first.items():
+            sel = b.part == part
+            if sel.any() and int(b.seq[sel].min()) > top + 1:
+                log.error("shard %d: after the restore, source partition %d resumed at %d but the state has "
+                          "events up to %d only: %d event(s) are missing", self.shard.index, part,
+                          int(b.seq[sel].min()), top, int(b.seq[sel].min()) - top - 1)
 
     def on_notify(self):
         due = self.policy.due(time.time()) if self.policy is not None else []

@@ -299,6 +299,8 @@ class Checkpointer:
         o = int(a["hist.off"][row])
         sh.history.pool[o : o + h] = hist
         a["hist.len"][row] = h
+        if row >= a["dims"][0]:
+            a["dims"][0] = row + 1
         sh.seen.reserve(h)
         for i in hist:
             pairset_add(sh.seen.table, sh.seen.count, row, int(i))

@@ -22,28 +22,41 @@ class _HandleUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a snapshot")
 
 
+def resume_epoch(conns: list) -> int | None:
+    """The epoch Bytewax resumes from, computed as Bytewax 0.21 does: the newest
+    execution's slowest worker frontier (a worker with no frontier row counts as at the
+    execution's resume epoch)."""
+    exs = [row for c in conns for row in c.execute("SELECT ex_num, worker_count, resume_epoch FROM exs")]
+    if not exs:
+        return None
+    ex_num, workers, resume = max(exs)
+    fronts: dict[int, int] = {}
+    for c in conns:
+        for w, f in c.execute("SELECT worker_index, worker_frontier FROM fronts WHERE ex_num = ?", (ex_num,)):
+            fronts[w] = max(fronts.get(w, f), f)
+    return min(max(fronts.get(w, resume), resume) for w in range(workers))
+
+
 def committed_handles(checkpoint_dir: str) -> dict[int, dict]:
-    """shard -> the handle ({"shard", "gen"}) of the newest snapshot Bytewax has committed."""
+    """shard -> the handle ({"shard", "gen"}) of the snapshot Bytewax would resume from."""
     parts = sorted(glob.glob(os.path.join(checkpoint_dir, "recovery", "part-*.sqlite3")))
     if not parts:
         raise CheckpointError(f"{checkpoint_dir}: no Bytewax recovery partitions (recovery/part-*.sqlite3)")
-    commits = []
-    rows = []
-    for p in parts:
-        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-        try:
-            commits += [c for (c,) in con.execute("SELECT commit_epoch FROM commits")]
-            rows += list(con.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
-                                     "WHERE step_id LIKE '%.shards'"))
-        finally:
-            con.close()
-    if not commits:
-        return {}
-    resume = min(commits)  # every partition has committed up to here
-    best: dict = {}
-    for _step, key, epoch, blob in rows:
-        if epoch <= resume and (key not in best or epoch > best[key][0]):
-            best[key] = (epoch, blob)
+    # a normal connection (not read-only), so SQLite can read a write-ahead log a killed worker left
+    conns = [sqlite3.connect(p) for p in parts]
+    try:
+        resume = resume_epoch(conns)
+        if resume is None:
+            return {}
+        best: dict = {}
+        for c in conns:
+            for _step, key, epoch, blob in c.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
+                                                     "WHERE step_id LIKE '%.shards' AND snap_epoch < ?", (resume,)):
+                if key not in best or epoch > best[key][0]:
+                    best[key] = (epoch, blob)
+    finally:
+        for c in conns:
+            c.close()
     out = {}
     for key, (_epoch, blob) in best.items():
         if blob is None:

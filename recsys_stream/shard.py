@@ -157,6 +157,10 @@ class Shard:
         self.id_queue: deque = deque()
         self.admission: dict = {}  # user -> events so far, for users below min_user_events
         self.n_users_total = 0  # distinct users this shard has met (in memory or stored)
+        # source partition -> highest sequence number (offset) applied: what a replay after a
+        # restore skips, so no event is applied twice whatever position the source resumes at
+        self.applied: dict[int, int] = {}
+        self.resumed_from: dict[int, int] | None = None  # applied positions at a restore (gap check)
 
     # -- the step -----------------------------------------------------------------
 
@@ -218,6 +222,10 @@ class Shard:
             ids = self.items.ids
             new_items = [(ids[r], int(b.seq[e])) for r, e in zip(rows[sel], first[sel])]
         new_recs = self._new_recs(F, topk, b.seq, k) if s.evaluate else []
+        for part in np.unique(b.part):
+            top = int(b.seq[b.part == part].max())
+            if top > self.applied.get(int(part), -1):
+                self.applied[int(part)] = top
         lists = None
         if want is not None:
             sel = np.flatnonzero(want)
@@ -272,12 +280,28 @@ class Shard:
         held = int(len(b) - keep.sum())
         return (b if held == 0 else b.take(np.flatnonzero(keep))), held
 
+    def skip_applied(self, b: EventBatch) -> tuple[EventBatch, EventBatch | None]:
+        """Split off events this shard has applied already (a source replaying after a
+        restore); returns (new events, replayed events or None)."""
+        if not self.applied:
+            return b, None
+        done = np.zeros(len(b), dtype=bool)
+        for part, top in self.applied.items():
+            done |= (b.part == part) & (b.seq <= top)
+        if not done.any():
+            return b, None
+        return b.take(np.flatnonzero(~done)), b.take(np.flatnonzero(done))
+
     def emission_state(self) -> dict:
-        """The bookkeeping a checkpoint keeps besides the model: de-duplication ids and
-        admission counts (both decide which events are applied)."""
-        return {"ids": [[t, e] for t, e in self.id_queue], "admission": self.admission}
+        """The bookkeeping a checkpoint keeps besides the model arrays: applied source
+        positions, de-duplication ids and admission counts (they decide which events are
+        applied)."""
+        return {"applied": {str(p): q for p, q in self.applied.items()},
+                "ids": [[t, e] for t, e in self.id_queue], "admission": self.admission}
 
     def restore_emission(self, state: dict) -> None:
+        self.applied = {int(p): int(q) for p, q in state.get("applied", {}).items()}
+        self.resumed_from = dict(self.applied)
         self.id_queue = deque((float(t), e) for t, e in state.get("ids", []))
         self.recent_ids = {e: t for t, e in self.id_queue}
         self.admission = dict(state.get("admission", {}))

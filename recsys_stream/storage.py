@@ -8,7 +8,8 @@ big-endian, so the versions of one entity sit together, oldest first. Tables:
 
 - ``U`` one record per user (external id), ``I`` per item, ``G`` per global array (or
   chunk of one), ``E`` the emission bookkeeping (pending lists, de-duplication ids),
-  ``M`` the manifest of each generation; ``H`` (not versioned) names the head generation.
+  ``M`` the manifest of each generation; ``H`` (not versioned) names the head generation
+  and ``F`` the oldest generation still complete.
 
 A value is ``FORMAT (u16) | payload length (u32) | payload | crc32 (u32)`` over the
 header and payload: every record is checked when read.
@@ -37,8 +38,13 @@ import lmdb
 import orjson
 
 FORMAT = 1
-KEEP = 3  # generations kept restorable (Bytewax commits lag our writes by at most one)
+# Generations kept restorable: Bytewax commits an epoch after its snapshots are written
+# and inputs wait for that commit, so it resumes from the newest generation or the one
+# before. A restore older than what is kept is refused (``FLOOR``): never served from a
+# partly collected generation.
+KEEP = 3
 HEAD = b"H"
+FLOOR = b"F"
 USERS, ITEMS, GLOBALS, EMIT, MANIFEST = b"U", b"I", b"G", b"E", b"M"
 
 _HDR = struct.Struct(">HI")
@@ -139,6 +145,12 @@ class Store:
             v = txn.get(_SHARD.pack(shard) + HEAD)
         return 0 if v is None else _GEN.unpack(v)[0]
 
+    def floor(self, shard: int) -> int:
+        """The oldest generation still complete (older ones were partly collected)."""
+        with self.env.begin() as txn:
+            v = txn.get(_SHARD.pack(shard) + FLOOR)
+        return 0 if v is None else _GEN.unpack(v)[0]
+
     def shards(self) -> list[int]:
         out = []
         with self.env.begin() as txn:
@@ -147,7 +159,7 @@ class Store:
             while ok:
                 key = cur.key()
                 shard = _SHARD.unpack_from(key)[0]
-                if key[2:3] == HEAD:
+                if key[2:3] == HEAD and len(key) == 3:
                     out.append(shard)
                 ok = cur.set_range(_SHARD.pack(shard + 1)) if shard < 0xFFFF else False
         return out
@@ -209,6 +221,9 @@ class Store:
 
     def verify_generation(self, shard: int, gen: int) -> Manifest:
         """Check the manifest of ``gen`` against the records written in it."""
+        if gen < self.floor(shard):
+            raise CheckpointError(f"shard {shard}: generation {gen} is older than the oldest generation kept "
+                                  f"({self.floor(shard)}); its records were partly collected")
         m = self.manifest(shard, gen)
         if m is None:
             raise CheckpointError(f"shard {shard}: generation {gen} has no manifest (it was never completed or "
@@ -222,7 +237,7 @@ class Store:
                 key = cur.key()
                 if _SHARD.unpack_from(key)[0] != shard:
                     break
-                if key[2:3] not in (HEAD, MANIFEST):
+                if key[2:3] not in (HEAD, FLOOR, MANIFEST):
                     _s, table, entity, g = split_key(key)
                     if g == gen:
                         decode(cur.value(), f"shard {shard} {table.decode()} {entity!r} generation {g}")
@@ -255,6 +270,9 @@ class Store:
                 txn.put(version_key(shard, MANIFEST, b"", gen), encode(man.to_bytes()))
                 self._gc(txn, shard, MANIFEST, b"", gen)
                 txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
+                fv = txn.get(_SHARD.pack(shard) + FLOOR)
+                floor = max(0 if fv is None else _GEN.unpack(fv)[0], gen - KEEP)
+                txn.put(_SHARD.pack(shard) + FLOOR, _GEN.pack(floor))
         except lmdb.MapFullError:
             raise CheckpointError(f"{self.path}: the LMDB map is full; nothing of this checkpoint was written. "
                                   "Raise --checkpoint-map-gb (the file grows only as used)") from None
@@ -298,7 +316,7 @@ class Store:
                 key = cur.key()
                 if _SHARD.unpack_from(key)[0] != shard:
                     break
-                if key[2:3] != HEAD and split_key(key)[3] > gen:
+                if key[2:3] not in (HEAD, FLOOR) and split_key(key)[3] > gen:
                     doomed.append(key)
                 ok = cur.next()
             for key in doomed:
@@ -308,6 +326,7 @@ class Store:
                 txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
             else:
                 txn.delete(_SHARD.pack(shard) + HEAD)
+                txn.delete(_SHARD.pack(shard) + FLOOR)
         return removed
 
     def drop_shard(self, shard: int) -> int:

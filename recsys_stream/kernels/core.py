@@ -9,8 +9,11 @@ A shard's common arrays travel into kernels as one tuple, ``core``::
 - ``active``: uint8 per item row, 0 once the item is retired from the catalog;
 - ``pop``/``pop_meta``/``porder``/``prank``: forward-decayed popularity and the items in
   popularity order (``popularity``);
-- ``dims``: int64 ``[n_users, n_items]``, rows seen so far (rows are handed out in order
-  of first appearance, so row ``>= dims[1]`` means "not seen by the stream yet");
+- ``dims``: int64 ``[user rows, n_items]``: item rows are handed out in order of first
+  appearance, so item row ``>= dims[1]`` means "not seen by the stream yet". A user row
+  says nothing about the user's past (rows are reused after expiry and given out again
+  when a stored user comes back): a user's history is ``uev``/``recent``/``hlen``, which
+  are zero for a new user;
 - ``uev``/``iev``: events per user row / item row (the user's count is its list version);
 - ``recent``: int32 ``[users, R]`` ring of each user's last R items (slot ``uev % R``);
 - ``rng``: the shard's SplitMix64 state (``common``);
@@ -109,13 +112,12 @@ def recent_item(recent, uev, u, back):
 @njit(cache=True)
 def user_topk(scores, n_cat, u, core, k, out_idx, out_sc):
     """Top-k of ``scores[:n_cat]`` for user row u, excluding the user's items and retired
-    ones (u beyond the known users: nothing of theirs to exclude); returns the count."""
+    ones (u < 0: an unknown user, nothing of theirs to exclude); returns the count."""
     (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
      udirty, idirty) = core
-    uu = u if u < dims[0] else -1
-    mark_history(hoff, hlen, hpool, uu, excl, 1)
+    mark_history(hoff, hlen, hpool, u, excl, 1)
     c = topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc)
-    mark_history(hoff, hlen, hpool, uu, excl, 0)
+    mark_history(hoff, hlen, hpool, u, excl, 0)
     return c
 
 
@@ -125,10 +127,9 @@ def user_pop_topk(u, core, n_cat, k, out_idx, out_sc):
     model does not know yet."""
     (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
      udirty, idirty) = core
-    uu = u if u < dims[0] else -1
-    mark_history(hoff, hlen, hpool, uu, excl, 1)
+    mark_history(hoff, hlen, hpool, u, excl, 1)
     c = pop_topk(pop, porder, n_cat, excl, active, k, out_idx, out_sc)
-    mark_history(hoff, hlen, hpool, uu, excl, 0)
+    mark_history(hoff, hlen, hpool, u, excl, 0)
     return c
 
 

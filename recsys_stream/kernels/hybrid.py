@@ -79,8 +79,7 @@ def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf,
     n_cat = dims[1]
     score_factors(P[u], Q, b, n_cat, s_mf)
     itemknn_scores(u, C, cnt, inv, knn_hp, core, s_knn)
-    uu = u if u < dims[0] else -1
-    mark_history(hoff, hlen, hpool, uu, excl, 1)
+    mark_history(hoff, hlen, hpool, u, excl, 1)
     m = 0
     c = topk_masked(s_mf, n_cat, excl, active, n_mf, top_idx, top_sc)
     for r in range(c):
@@ -104,7 +103,7 @@ def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf,
             cand[m] = j
             m += 1
         rank_pop[j] = r
-    mark_history(hoff, hlen, hpool, uu, excl, 0)
+    mark_history(hoff, hlen, hpool, u, excl, 0)
     return m, knn_max, pop_max
 
 
@@ -180,7 +179,7 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
         u = U[e]
         i = I[e]
         f = F[e]
-        bucket = _bucket(uev[u]) if u < dims[0] else 0
+        bucket = _bucket(uev[u])
         if f & (RANK | LEARN):
             m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn,
                                               rank_mf, rank_knn, rank_pop, cand, top_idx, top_sc)

@@ -47,17 +47,16 @@ def itemknn_scores(u, C, n, inv, hp, core, scores):
     for j in range(n_cat):
         scores[j] = 0.0
     w = 1.0
-    if u < dims[0]:
-        for l in range(L):
-            r = recent_item(recent, uev, u, l)
-            if r < 0:
-                break
-            if n[r] > 0:
-                wr = w / math.pow(n[r], beta)
-                row = C[r]
-                for j in range(n_cat):
-                    scores[j] += wr * row[j]
-            w *= alpha
+    for l in range(L):  # a new user has no recent items
+        r = recent_item(recent, uev, u, l)
+        if r < 0:
+            break
+        if n[r] > 0:
+            wr = w / math.pow(n[r], beta)
+            row = C[r]
+            for j in range(n_cat):
+                scores[j] += wr * row[j]
+        w *= alpha
     f = popw / pop_meta[3] if pop_meta[3] > 0.0 else 0.0
     for j in range(n_cat):
         scores[j] = scores[j] * inv[j] + f * pop[j]
@@ -71,16 +70,15 @@ def itemknn_learn(u, i, C, n, inv, hp, core):
     W = int(hp[HP_WINDOW])
     gamma = hp[HP_GAMMA]
     w = 1.0
-    if u < dims[0]:
-        for back in range(W):
-            j = recent_item(recent, uev, u, back)
-            if j < 0:
-                break
-            if j != i:
-                C[i, j] += w
-                C[j, i] += w
-                idirty[j] = 1
-            w *= gamma
+    for back in range(W):
+        j = recent_item(recent, uev, u, back)
+        if j < 0:
+            break
+        if j != i:
+            C[i, j] += w
+            C[j, i] += w
+            idirty[j] = 1
+        w *= gamma
     n[i] += 1.0
     inv[i] = math.pow(n[i], hp[HP_BETA] - 1.0)
 
