@@ -129,6 +129,15 @@ class Store:
             os.makedirs(path, exist_ok=True)
             self.env = lmdb.open(path, map_size=map_size, subdir=True, readonly=readonly, lock=True,
                                  max_readers=64, metasync=True, sync=True)
+            # A file shorter than the pages its meta page says are in use would fault (SIGBUS)
+            # when those pages are read: refuse it here instead.
+            need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+            have = os.path.getsize(data)
+            if have < need:
+                self.env.close()
+                raise CheckpointError(f"{data}: truncated ({have:,} bytes, but its pages reach {need:,}); "
+                                      "refusing to open it. Restore the directory from a backup or start from "
+                                      "an empty one")
             with self.env.begin() as txn:  # touch the tree: a damaged file fails here, not later
                 txn.cursor().first()
         except lmdb.Error as exc:

@@ -1,0 +1,219 @@
+"""Checkpoints in LMDB: exact restores, rollback, corruption, expiry, the frequency filter."""
+
+from __future__ import annotations
+
+import os
+
+import lmdb
+import numpy as np
+import pytest
+
+from recsys_stream.checkpoint import Checkpointer, digest
+from recsys_stream.events import EventBatch
+from recsys_stream.generate import GeneratorSettings, generate
+from recsys_stream.models import model_params
+from recsys_stream.shard import Shard, ShardSettings
+from recsys_stream.storage import USERS, CheckpointError, Store, decode, split_key
+
+MODELS = ["mf", "implicit", "itemknn", "ftrl", "hybrid", "pop"]
+
+
+@pytest.fixture(scope="module")
+def log():
+    return generate(GeneratorSettings(events=6_000, users=400, items=150, seed=17))
+
+
+def settings(model, **kw):
+    return ShardSettings(model=model, params=model_params(model), seed=7, **kw)
+
+
+def run(sh: Shard, b: EventBatch, step: int = 700) -> None:
+    for a in range(0, len(b), step):
+        part, _held = sh.admit(b.slice(a, a + step))
+        sh.process(part)
+
+
+def backed(path, model, **kw) -> tuple[Shard, Store]:
+    st = Store(str(path))
+    sh = Shard(0, settings(model, **kw))
+    sh.checkpointer = Checkpointer(sh, st)
+    return sh, st
+
+
+def restored(st: Store, model, gen: int, fallback=False, **kw) -> Shard:
+    sh = Shard(0, settings(model, **kw))
+    sh.checkpointer = Checkpointer(sh, st, fallback=fallback)
+    sh.restore_emission(sh.checkpointer.restore(gen))
+    return sh
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_restore_and_continue_equals_the_uninterrupted_run(tmp_path, log, model):
+    half = len(log) // 2
+    a, sa = backed(tmp_path / "a", model)
+    run(a, log, step=1000)
+    ga = a.checkpointer.snapshot(a.emission_state())
+    b, sb = backed(tmp_path / "b", model)
+    run(b, log.slice(0, half), step=333)  # other batch boundaries
+    g1 = b.checkpointer.snapshot(b.emission_state())
+    c = restored(sb, model, g1)  # a new process: users come back lazily
+    run(c, log.slice(half, len(log)), step=500)
+    gc = c.checkpointer.snapshot(c.emission_state())
+    da, counts = digest(sa, {0: ga})
+    dc, _ = digest(sb, {0: gc})
+    assert counts["users"] == len(set(log.user)) and counts["items"] == len(set(log.item))
+    assert da == dc
+    # the same lists too
+    for user in list(dict.fromkeys(log.user))[:25]:
+        assert a.recommend(user)["items"] == c.recommend(user)["items"]
+
+
+def test_rollback_to_the_generation_bytewax_committed(tmp_path, log):
+    sh, st = backed(tmp_path / "s", "implicit")
+    gens, digests = [], []
+    for part in range(3):
+        run(sh, log.slice(part * 2000, (part + 1) * 2000))
+        gens.append(sh.checkpointer.snapshot(sh.emission_state()))
+        digests.append(digest(st, {0: gens[-1]})[0])
+    assert gens == [1, 2, 3] and len(set(digests)) == 3
+    # the worker died after LMDB committed generation 3, before Bytewax committed its epoch
+    r = restored(st, "implicit", 2)
+    assert st.head(0) == 2 and st.generations(0) == [1, 2]
+    assert digest(st, {0: 2})[0] == digests[1]
+    # and goes on from there exactly as before
+    run(r, log.slice(4000, 6000))
+    assert digest(st, {0: r.checkpointer.snapshot(r.emission_state())})[0] == digests[2]
+
+
+def _corrupt_one_user_record(path: str, gen: int) -> bytes:
+    env = lmdb.open(path, subdir=True, map_size=1 << 30)
+    done = None
+    with env.begin(write=True) as txn:
+        for key, value in txn.cursor():
+            _s, table, _e, g = split_key(key) if key[2:3] not in (b"H", b"F") else (0, b"", b"", 0)
+            if table == USERS and g == gen:
+                bad = bytearray(value)
+                bad[len(bad) // 2] ^= 0x40  # one flipped bit in the payload
+                done = (key, bytes(bad))
+                break
+        assert done is not None, "no user record to corrupt"
+        txn.put(*done)
+    env.close()
+    return done[0]
+
+
+def test_flipped_bytes_are_refused_or_fall_back_loudly(tmp_path, log, caplog):
+    sh, st = backed(tmp_path / "s", "mf")
+    run(sh, log.slice(0, 3000))
+    sh.checkpointer.snapshot(sh.emission_state())
+    run(sh, log.slice(3000, 6000))
+    g2 = sh.checkpointer.snapshot(sh.emission_state())
+    st.close()
+    _corrupt_one_user_record(str(tmp_path / "s"), g2)
+    st = Store(str(tmp_path / "s"))
+    with pytest.raises(CheckpointError, match="checksum mismatch.*Refusing"):
+        restored(st, "mf", g2)
+    # told to, it resumes from generation 1 and says the events between are skipped
+    r = restored(st, "mf", g2, fallback=True)
+    assert "CHECKPOINT FALLBACK" in caplog.text and "SKIPPED" in caplog.text
+    assert r.applied == {-1: 2999}
+
+
+def test_record_checks():
+    from recsys_stream.storage import encode
+
+    v = encode(b"payload")
+    assert decode(v, "x") == b"payload"
+    with pytest.raises(CheckpointError, match="truncated"):
+        decode(v[:-3], "x")
+    with pytest.raises(CheckpointError, match="format 9"):
+        decode(b"\x00\x09" + v[2:], "x")
+
+
+def test_truncated_lmdb_file_is_refused(tmp_path, log):
+    sh, st = backed(tmp_path / "s", "itemknn")
+    run(sh, log)
+    sh.checkpointer.snapshot(sh.emission_state())
+    st.close()
+    data = tmp_path / "s" / "data.mdb"
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 3)
+    with pytest.raises(CheckpointError, match="damaged or truncated|truncated"):
+        st = Store(str(tmp_path / "s"))
+        restored(st, "itemknn", 1)
+
+
+def test_other_settings_are_refused(tmp_path, log):
+    sh, st = backed(tmp_path / "s", "mf")
+    run(sh, log.slice(0, 1000))
+    g = sh.checkpointer.snapshot(sh.emission_state())
+    other = Shard(0, ShardSettings(model="mf", params=model_params("mf", dim=8), seed=7))
+    other.checkpointer = Checkpointer(other, st)
+    with pytest.raises(CheckpointError, match="written with params=.*this job runs"):
+        other.checkpointer.restore(g)
+
+
+def test_full_map_is_a_clean_error_and_keeps_the_last_generation(tmp_path, log):
+    st = Store(str(tmp_path / "s"), map_size=4 << 20)
+    sh = Shard(0, settings("ftrl"))  # 2**20 hashed weights: megabytes once they are all touched
+    sh.checkpointer = Checkpointer(sh, st)
+    run(sh, log.slice(0, 20))
+    g1 = sh.checkpointer.snapshot(sh.emission_state())
+    run(sh, log.slice(20, 6000))
+    with pytest.raises(CheckpointError, match="map is full"):
+        sh.checkpointer.snapshot(sh.emission_state())
+    assert st.head(0) == g1 and st.verify_generation(0, g1).gen == g1
+
+
+def test_expired_users_come_back_with_exactly_their_state(tmp_path):
+    # two groups of users, the first idle for a day of event time while the second plays
+    t0 = 1.7e9
+    first = [(f"u{j}", f"i{(j * 7 + k) % 30}", t0 + k * 10) for j in range(20) for k in range(6)]
+    second = [(f"v{j}", f"i{(j * 3 + k) % 30}", t0 + 86_400 + k * 10) for j in range(20) for k in range(6)]
+    rows = first + second
+    b = EventBatch.from_columns([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                np.zeros(len(rows)), np.full(len(rows), 4.0), np.arange(len(rows)),
+                                np.full(len(rows), -1), np.arange(len(rows)))
+    sh, st = backed(tmp_path / "s", "implicit", ttl_s=3_600)
+    run(sh, b.slice(0, len(first)))
+    before = {u: sh.arrays["imp.P"][sh.users.get(u)].copy() for u in (f"u{j}" for j in range(20))}
+    hist = {u: sh.history.items(sh.users.get(u), sh.arrays).tolist() for u in before}
+    run(sh, b.slice(len(first), len(rows)))
+    sh.checkpointer.snapshot(sh.emission_state())
+    assert sh.checkpointer.evict_idle(3_600) == 20
+    assert sh.users.live() == 20 and all(sh.users.get(u) < 0 for u in before)
+    # memory is reused: a new user takes a freed row
+    back = EventBatch.from_columns(["u3"], ["i29"], [t0 + 86_500], [0], [4.0], [len(rows)], [-1], [len(rows)])
+    loaded, _ = sh.admit(back)
+    row = sh.users.get("u3")
+    assert row >= 0
+    np.testing.assert_array_equal(sh.arrays["imp.P"][row], before["u3"])
+    assert sh.history.items(row, sh.arrays).tolist() == hist["u3"]
+    sh.process(loaded)
+    assert sh.arrays["uev"][row] == 7
+
+
+def test_frequency_filter_admits_a_user_at_the_nth_event(tmp_path):
+    users = ["a", "b", "a", "c", "a", "b", "a"]
+    b = EventBatch.from_columns(users, ["x", "y", "z", "x", "y", "z", "w"], np.arange(7.0), np.zeros(7),
+                                np.full(7, 4.0), np.arange(7), np.full(7, -1), np.arange(7))
+    sh = Shard(0, settings("itemknn", min_user_events=3))
+    kept, held = sh.admit(b)
+    assert held == 5  # a: 2 held, b: 2, c: 1
+    assert list(kept.user) == ["a", "a"]  # a's 3rd and 4th events
+    sh.process(kept)
+    assert sh.users.get("b") < 0 and sh.admission == {"b": 2, "c": 1}
+
+
+def test_no_snapshot_means_leftovers_are_dropped(tmp_path, log):
+    from flows.recsys import CheckpointSettings, FlowSettings, ShardLogic, open_store
+
+    path = str(tmp_path / "s")
+    sh, st = backed(path, "pop")
+    run(sh, log.slice(0, 500))
+    sh.checkpointer.snapshot(sh.emission_state())
+    st.close()
+    fs = FlowSettings(shard=settings("pop"), checkpoint=CheckpointSettings(path))
+    logic = ShardLogic(fs, None, None, __import__("recsys_stream.obs", fromlist=["NullMetrics"]).NullMetrics())
+    logic.on_batch([("events", 0, log.slice(500, 600))])
+    assert open_store(fs.checkpoint).head(0) == 0  # the crash's generation is gone
