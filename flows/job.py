@@ -160,7 +160,7 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
     created = ensure_topics(conf, [cfg.output_topic, cfg.dead_letter_topic], cfg.partitions, cfg.replication)
     log.info("input %s has %d partition(s); created %s", cfg.input_topic, n, created or "nothing")
     source = KafkaBatchSource(conf, cfg.input_topic, start=cfg.start, batch_size=cfg.batch_size,
-                              exit_at_end=cfg.exit_at_end, metrics=metrics)
+                              exit_at_end=cfg.exit_at_end, metrics=metrics, max_rate=cfg.max_rate)
     catalog = None
     if cfg.items_topic:
         topic_partitions(conf, cfg.items_topic)

@@ -270,6 +270,7 @@ RUN_FLAGS = {
     "process_id": int, "addresses": str, "checkpoint_dir": str, "checkpoint_interval_s": float,
     "recovery_partitions": int, "metrics_port": int, "rate": float, "gen_events": int, "batch_size": int,
     "log_format": str, "half_life_days": float, "checkpoint_map_gb": float, "ttl_s": float, "min_user_events": int,
+    "max_rate": float,
 }
 
 
@@ -502,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="frequency filter: a user gets state at their Nth event (default 1)")
     run.add_argument("--metrics-port", dest="metrics_port", type=int, help="Prometheus endpoint port")
     run.add_argument("--batch-size", dest="batch_size", type=int, help="messages per poll")
+    run.add_argument("--max-rate", dest="max_rate", type=float, metavar="N",
+                     help="throttle the input to N messages/s per partition (backfills)")
     run.add_argument("--rate", type=float, help="embedded stream: events per second (default 200)")
     run.add_argument("--events", dest="gen_events", type=int, help="embedded stream: stop after N events")
     run.add_argument("--exit-at-end", action="store_true", help="stop once the input is drained")

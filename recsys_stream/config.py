@@ -63,6 +63,7 @@ class RunConfig:
     max_lateness_s: float = 0.0  # >0: events this far behind the latest event time go to the dead letter
     evaluate: bool = False  # prequential metrics online (ranking every event costs time)
     batch_size: int = 2000  # messages per source poll
+    max_rate: float = 0.0  # throttle the input, messages/s per partition (backfills); 0: as fast as it goes
     workers: int = 1  # Bytewax workers in this process
     process_id: int | None = None  # with addresses: this process in a Bytewax cluster
     addresses: str = ""  # "host:port;host:port" of every process of the cluster

@@ -92,7 +92,7 @@ def describe(checkpoint_dir: str, user: str | None = None, with_digest: bool = F
                 info["items"] = sum(1 for _ in store.scan(shard, b"I", committed, verify=False))
                 info["model"] = m.meta["model"]
                 gens[shard] = committed
-            shards[shard] = info
+            shards[str(shard)] = info
         out = {"checkpoint_dir": checkpoint_dir, "n_shards": meta["n_shards"], "model": meta["model"],
                "shards": shards}
         if user is not None:

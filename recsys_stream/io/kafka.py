@@ -100,11 +100,14 @@ def ensure_topics(conf: dict, topics: list[str], partitions: int, replication: i
 
 class _PartitionReader(StatefulSourcePartition):
     def __init__(self, conf: dict, topic: str, partition: int, offset: int, batch_size: int, exit_at_end: bool,
-                 metrics):
+                 metrics, max_rate: float = 0.0):
         self.topic = topic
         self.partition = partition
         self.batch_size = batch_size
         self.metrics = metrics
+        self.max_rate = max_rate
+        self._t0 = time.monotonic()
+        self._taken = 0
         c = dict(conf)
         c.setdefault("group.id", f"recsys-stream.{topic}")  # librdkafka wants one; no commits are made
         c["enable.auto.commit"] = False
@@ -127,7 +130,13 @@ class _PartitionReader(StatefulSourcePartition):
             raise StopIteration()
         if self.end is not None and self.position is not None and self.position >= self.end:
             raise StopIteration()
-        msgs = self.consumer.consume(self.batch_size, 0.001)
+        n = self.batch_size
+        if self.max_rate > 0:  # throttle: at most max_rate messages per second, on average
+            n = min(n, int(self.max_rate * (time.monotonic() - self._t0)) - self._taken)
+            if n <= 0:
+                return []
+        msgs = self.consumer.consume(n, 0.001)
+        self._taken += len(msgs)
         keys, values, offsets, stamps = [], [], [], []
         for m in msgs:
             err = m.error()
@@ -168,8 +177,9 @@ class KafkaBatchSource(FixedPartitionedSource):
     """Batches of raw messages from every partition of ``topic`` (see module docstring)."""
 
     def __init__(self, conf: dict, topic: str, start: str = "earliest", batch_size: int = 2000,
-                 exit_at_end: bool = False, metrics=None):
+                 exit_at_end: bool = False, metrics=None, max_rate: float = 0.0):
         self.conf = conf
+        self.max_rate = max_rate  # per partition, messages/s (0: unthrottled)
         self.topic = topic
         self.start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
         self.batch_size = batch_size
@@ -183,7 +193,8 @@ class KafkaBatchSource(FixedPartitionedSource):
     def build_part(self, step_id, for_part, resume_state):
         p = int(for_part.split("-", 1)[0])
         offset = resume_state if resume_state is not None else self.start
-        return _PartitionReader(self.conf, self.topic, p, offset, self.batch_size, self.exit_at_end, self.metrics)
+        return _PartitionReader(self.conf, self.topic, p, offset, self.batch_size, self.exit_at_end, self.metrics,
+                                self.max_rate)
 
 
 # -- sinks ----------------------------------------------------------------------------
