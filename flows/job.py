@@ -149,10 +149,12 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
                                seed=cfg.seed)
         events = generate(gs)
         passes = 1 if cfg.gen_events else 1_000_000  # endless: replay again with later event times
-        source = ReplaySource(events, batch_size=cfg.batch_size, passes=passes, rate=cfg.rate, stoppable=True)
+        clock = RunClock()
+        source = ReplaySource(events, batch_size=cfg.batch_size, passes=passes, rate=cfg.rate, stoppable=True,
+                              clock=clock)
         model = MODELS[cfg.model][0]
         acc = MetricsAccumulator(k=cfg.k, rating=model.predicts_rating, like=model.predicts_like)
-        msink = MetricsSink(acc, RunClock(), total=cfg.gen_events or None, progress=True, label="run")
+        msink = MetricsSink(acc, clock, total=cfg.gen_events or None, progress=True, label="run")
         flow = build_flow(settings, source, lists_sink=StdoutListsSink(metrics), metrics_sink=msink, metrics=metrics)
         return Job(flow, cfg, settings, embedded=True, metrics=msink)
     conf = cfg.kafka_config()

@@ -351,8 +351,11 @@ def cmd_run(args) -> int:
         # the embedded job ends with its prequential metrics, one JSON object on the last line
         from .report import dumps_line
 
-        summary = {"model": cfg.model, "k": cfg.k, "events": job.metrics.acc.events, **job.metrics.acc.finish(),
-                   "lists": job.metrics.acc.lists}
+        acc, clock = job.metrics.acc, job.metrics.clock
+        flow_s = (clock.last_update - clock.first_event) if clock.first_event and clock.last_update else 0.0
+        summary = {"model": cfg.model, "k": cfg.k, "events": acc.events, **acc.finish(), "lists": acc.lists,
+                   "flow_s": round(flow_s, 4), "events_per_s": round(acc.events / flow_s, 1) if flow_s else None,
+                   "checkpointing": bool(cfg.checkpoint_dir)}
         print(dumps_line(summary), flush=True)
     return 0
 

@@ -166,24 +166,24 @@ def test_full_map_is_a_clean_error_and_keeps_the_last_generation(tmp_path, log):
 
 
 def test_expired_users_come_back_with_exactly_their_state(tmp_path):
-    # two groups of users, the first idle for a day of event time while the second plays
+    # two groups of users, the first idle for a minute of event time while the second plays
     t0 = 1.7e9
-    first = [(f"u{j}", f"i{(j * 7 + k) % 30}", t0 + k * 10) for j in range(20) for k in range(6)]
-    second = [(f"v{j}", f"i{(j * 3 + k) % 30}", t0 + 86_400 + k * 10) for j in range(20) for k in range(6)]
+    first = [(f"u{j}", f"i{(j * 7 + k) % 30}", t0 + k * 0.1) for j in range(20) for k in range(6)]
+    second = [(f"v{j}", f"i{(j * 3 + k) % 30}", t0 + 60 + k * 0.1) for j in range(20) for k in range(6)]
     rows = first + second
     b = EventBatch.from_columns([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
                                 np.zeros(len(rows)), np.full(len(rows), 4.0), np.arange(len(rows)),
                                 np.full(len(rows), -1), np.arange(len(rows)))
-    sh, st = backed(tmp_path / "s", "implicit", ttl_s=3_600)
+    sh, st = backed(tmp_path / "s", "implicit", ttl_s=5)  # a TTL of five seconds
     run(sh, b.slice(0, len(first)))
     before = {u: sh.arrays["imp.P"][sh.users.get(u)].copy() for u in (f"u{j}" for j in range(20))}
     hist = {u: sh.history.items(sh.users.get(u), sh.arrays).tolist() for u in before}
     run(sh, b.slice(len(first), len(rows)))
     sh.checkpointer.snapshot(sh.emission_state())
-    assert sh.checkpointer.evict_idle(3_600) == 20
+    assert sh.checkpointer.evict_idle(5) == 20
     assert sh.users.live() == 20 and all(sh.users.get(u) < 0 for u in before)
     # memory is reused: a new user takes a freed row
-    back = EventBatch.from_columns(["u3"], ["i29"], [t0 + 86_500], [0], [4.0], [len(rows)], [-1], [len(rows)])
+    back = EventBatch.from_columns(["u3"], ["i29"], [t0 + 70], [0], [4.0], [len(rows)], [-1], [len(rows)])
     loaded, _ = sh.admit(back)
     row = sh.users.get("u3")
     assert row >= 0
