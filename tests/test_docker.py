@@ -65,6 +65,9 @@ def test_compose_parses_and_the_cluster_is_consistent():
         assert addresses[args.process_id].split(":")[0] == svc["hostname"] == name
         cfg = load_config(None, env=env, flags={"process_id": args.process_id})
         assert cfg.brokers == "kafka:9092"
+        # the checkpoint directory is on a volume every process of the cluster mounts
+        mount = svc["volumes"][0].split(":")
+        assert cfg.checkpoint_dir.startswith(mount[1]) and mount[0] in doc["volumes"]
         port = int(svc["ports"][0].split(":")[1])
         assert port == cfg.metrics_port + args.process_id
     assert sorted(ids) == list(range(len(workers)))
