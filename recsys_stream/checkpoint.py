@@ -34,7 +34,7 @@ import orjson
 from .kernels.pairset import pairset_add, pairset_new, pairset_rebuild_without
 from .kernels.popularity import _resort
 from .state import GLOBAL, ITEM, ITEM2, USER
-from .storage import EMIT, FORMAT, GLOBALS, ITEMS, USERS, CheckpointError, Store
+from .storage import EMIT, FORMAT, GLOBALS, ITEMS, USERS, CheckpointError, Store, decode
 
 _U32 = struct.Struct(">I")
 CHUNK = 4096
@@ -245,12 +245,7 @@ class Checkpointer:
             sh.items.add(ext)
         a.ensure(max(len(sh.users), 1), n)
         for (ext, payload), r in zip(items, rows):
-            off = 4
-            for name, spec in self._item_specs:
-                arr = a[name]
-                size = arr[r].nbytes
-                arr[r] = np.frombuffer(payload[off : off + size], dtype=arr.dtype).reshape(arr[r].shape)
-                off += size
+            off = self._unpack_row(payload, 4, self._item_specs, r)
             for name in self._item2:
                 (m,) = _U32.unpack_from(payload, off)
                 off += 4
@@ -262,6 +257,17 @@ class Checkpointer:
         emit = self.store.get(idx, EMIT, b"emit", gen)
         return orjson.loads(emit) if emit is not None else {}
 
+    def _unpack_row(self, payload: bytes, off: int, specs: list, row: int) -> int:
+        """Copy one row of each array in ``specs`` from ``payload`` (from ``off``); returns
+        the offset after them."""
+        a = self.shard.arrays
+        for name, _spec in specs:
+            arr = a[name]
+            size = arr[row].nbytes
+            arr[row] = np.frombuffer(payload[off : off + size], dtype=arr.dtype).reshape(arr[row].shape)
+            off += size
+        return off
+
     # -- users, lazily ----------------------------------------------------------------
 
     def fetch_users(self, exts: list[str]) -> dict:
@@ -272,8 +278,6 @@ class Checkpointer:
         if head == 0:
             return out
         with self.store.env.begin() as txn:
-            from .storage import decode
-
             for ext in exts:
                 hit = self.store.latest(txn, idx, USERS, ext.encode("utf-8"), head)
                 if hit is not None:
@@ -286,12 +290,7 @@ class Checkpointer:
         a = sh.arrays
         row = sh.users.add(ext)
         a.ensure(len(sh.users), len(sh.items))
-        off = 0
-        for name, _spec in self._user_specs:
-            arr = a[name]
-            size = arr[row].nbytes
-            arr[row] = np.frombuffer(payload[off : off + size], dtype=arr.dtype).reshape(arr[row].shape)
-            off += size
+        off = self._unpack_row(payload, 0, self._user_specs, row)
         (h,) = _U32.unpack_from(payload, off)
         off += 4
         hist = np.frombuffer(payload[off : off + 4 * h], dtype=np.int32)

@@ -37,3 +37,14 @@ def random_stream(n=400, n_users=15, n_items=25, seed=0):
 @pytest.fixture
 def stream():
     return random_stream()
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """The bootstrap address of the local broker (scripts/kafka-dev.sh), one per session."""
+    import kafkautil
+
+    boot, started = kafkautil.start_broker()
+    yield boot
+    if started:
+        kafkautil.stop_broker()

@@ -15,14 +15,6 @@ from recsys_stream.generate import GeneratorSettings, generate
 from recsys_stream.io.kafka_tools import event_messages
 
 
-@pytest.fixture(scope="module")
-def kafka():
-    boot, started = ku.start_broker()
-    yield boot
-    if started:
-        ku.stop_broker()
-
-
 BAD = [
     (b"u-bad", b"{not json"),
     (b"u-bad", orjson.dumps({"user": "x", "item": "y", "ts": 1.0, "type": "view"})),  # no value

@@ -20,14 +20,6 @@ EVENTS = 50_000
 
 
 @pytest.fixture(scope="module")
-def kafka():
-    boot, started = ku.start_broker()
-    yield boot
-    if started:
-        ku.stop_broker()
-
-
-@pytest.fixture(scope="module")
 def topic(kafka):
     ev = generate(GeneratorSettings(events=EVENTS, users=3_000, items=600, seed=31))
     name = ku.create_topic(kafka, ku.unique("crash-in"), partitions=1)

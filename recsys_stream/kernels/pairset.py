@@ -60,30 +60,17 @@ def pairset_add(table, count, u, i):
 
 
 @njit(cache=True)
-def pairset_insert_all(table, count, old):
-    """Insert every non-empty key of ``old`` into ``table`` (used to grow)."""
-    mask = table.shape[0] - 1
-    for j in range(old.shape[0]):
-        key = old[j]
-        if key == 0:
-            continue
-        s = _slot(key, mask)
-        while table[s] != 0:
-            s = (s + 1) & mask
-        table[s] = key
-        count[0] += 1
-
-
-@njit(cache=True)
 def pairset_rebuild_without(table, count, old, drop_user):
-    """Rebuild from ``old`` leaving out pairs whose user row has ``drop_user[u]`` set."""
+    """Insert the pairs of ``old`` into ``table``, leaving out those whose user row has
+    ``drop_user[u]`` set (an empty ``drop_user`` keeps every pair: growing the table)."""
     mask = table.shape[0] - 1
+    keep_all = drop_user.shape[0] == 0
     for j in range(old.shape[0]):
         key = old[j]
         if key == 0:
             continue
         u = np.int64((key - _ONE) >> _S32)
-        if drop_user[u]:
+        if not keep_all and drop_user[u]:
             continue
         s = _slot(key, mask)
         while table[s] != 0:
@@ -125,5 +112,5 @@ def pairset_grow(table: np.ndarray, count: np.ndarray, incoming: int) -> np.ndar
         cap <<= 1
     new = np.zeros(cap, dtype=np.uint64)
     count[0] = 0
-    pairset_insert_all(new, count, table)
+    pairset_rebuild_without(new, count, table, np.zeros(0, dtype=np.uint8))
     return new

@@ -12,9 +12,8 @@ import numpy as np
 from ..events import POSITIVE_TYPES, RATING
 from ..features import MAX_ITEM_FEATURES, MAX_USER_FEATURES
 from ..kernels import ftrl as K
-from ..kernels.core import EVALUATE, LEARN, RANK
 from ..state import GLOBAL, ITEM, USER, ArraySpec
-from .base import Model, Params, Prepared
+from .base import Model, Params
 
 
 @dataclass(frozen=True)
@@ -78,14 +77,6 @@ class FTRLModel(Model):
             ArraySpec("ftrl.udev", USER, (), "float64"),
             ArraySpec("ftrl.ivalues", ITEM, (), "float64"),
         ]
-
-    def flags(self, p: Prepared, evaluate: bool) -> np.ndarray:
-        f = np.full(len(p.U), LEARN, dtype=np.int32)
-        if evaluate:
-            f |= EVALUATE
-            if self.rank:
-                f |= RANK
-        return f
 
     def run(self, p, F, k, core, out, scores):
         a = self.arrays
