@@ -8,8 +8,9 @@ big-endian, so the versions of one entity sit together, oldest first. Tables:
 
 - ``U`` one record per user (external id), ``I`` per item, ``G`` per global array (or
   chunk of one), ``E`` the emission bookkeeping (pending lists, de-duplication ids),
-  ``M`` the manifest of each generation; ``H`` (not versioned) names the head generation
-  and ``F`` the oldest generation still complete.
+  ``M`` the manifest of each generation, ``K`` the keys each generation wrote (so a
+  rollback or a check touches only those); ``H`` (not versioned) names the head
+  generation and ``F`` the oldest generation still complete.
 
 A value is ``FORMAT (u16) | payload length (u32) | payload | crc32 (u32)`` over the
 header and payload: every record is checked when read.
@@ -45,7 +46,7 @@ FORMAT = 1
 KEEP = 3
 HEAD = b"H"
 FLOOR = b"F"
-USERS, ITEMS, GLOBALS, EMIT, MANIFEST = b"U", b"I", b"G", b"E", b"M"
+USERS, ITEMS, GLOBALS, EMIT, MANIFEST, INDEX = b"U", b"I", b"G", b"E", b"M", b"K"
 
 _HDR = struct.Struct(">HI")
 _CRC = struct.Struct(">I")
@@ -240,23 +241,34 @@ class Store:
         n = 0
         x = 0
         with self.env.begin() as txn:
-            cur = txn.cursor()
-            ok = cur.set_range(_SHARD.pack(shard))
-            while ok:
-                key = cur.key()
-                if _SHARD.unpack_from(key)[0] != shard:
-                    break
-                if key[2:3] not in (HEAD, FLOOR, MANIFEST):
-                    _s, table, entity, g = split_key(key)
-                    if g == gen:
-                        decode(cur.value(), f"shard {shard} {table.decode()} {entity!r} generation {g}")
-                        n += 1
-                        x ^= crc_of(cur.value())
-                ok = cur.next()
+            keys = self._index(txn, shard, gen)
+            for key in keys:
+                value = txn.get(key)
+                _s, table, entity, g = split_key(key)
+                if value is None:
+                    raise CheckpointError(f"shard {shard}: generation {gen} lost its record {table.decode()} "
+                                          f"{entity!r}")
+                decode(value, f"shard {shard} {table.decode()} {entity!r} generation {g}")
+                n += 1
+                x ^= crc_of(value)
         if n != m.records or x != m.crc_xor:
             raise CheckpointError(f"shard {shard}: generation {gen} does not match its manifest ({n} records found, "
                                   f"{m.records} written)")
         return m
+
+    def _index(self, txn, shard: int, gen: int) -> list[bytes]:
+        """The keys generation ``gen`` wrote (its ``K`` record)."""
+        v = txn.get(version_key(shard, INDEX, b"", gen))
+        if v is None:
+            raise CheckpointError(f"shard {shard}: generation {gen} has no key index")
+        blob = decode(v, f"shard {shard} key index of generation {gen}")
+        out = []
+        off = 0
+        while off < len(blob):
+            (n,) = _LEN.unpack_from(blob, off)
+            out.append(blob[off + 2 : off + 2 + n])
+            off += 2 + n
+        return out
 
     # -- writing ------------------------------------------------------------------
 
@@ -268,16 +280,21 @@ class Store:
                 hv = txn.get(_SHARD.pack(shard) + HEAD)
                 gen = 1 if hv is None else _GEN.unpack(hv)[0] + 1
                 x = 0
+                index = []
                 for j, (table, entity, payload) in enumerate(records):
                     value = encode(payload)
-                    txn.put(version_key(shard, table, entity, gen), value)
+                    key = version_key(shard, table, entity, gen)
+                    txn.put(key, value)
+                    index.append(_LEN.pack(len(key)) + key)
                     x ^= crc_of(value)
                     self._gc(txn, shard, table, entity, gen)
                     if fault is not None and j == len(records) // 2:
                         fault("checkpoint.mid-write")
                 man = Manifest(gen, len(records), x, meta)
                 txn.put(version_key(shard, MANIFEST, b"", gen), encode(man.to_bytes()))
+                txn.put(version_key(shard, INDEX, b"", gen), encode(b"".join(index)))
                 self._gc(txn, shard, MANIFEST, b"", gen)
+                self._gc(txn, shard, INDEX, b"", gen)
                 txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
                 fv = txn.get(_SHARD.pack(shard) + FLOOR)
                 floor = max(0 if fv is None else _GEN.unpack(fv)[0], gen - KEEP)
@@ -315,22 +332,26 @@ class Store:
             txn.delete(key)
 
     def rollback(self, shard: int, gen: int) -> int:
-        """Delete every version newer than ``gen`` and make ``gen`` the head; returns how many."""
+        """Delete every version newer than ``gen`` and make ``gen`` the head; returns how
+        many. Newer generations' key indexes say what to delete (``gen == 0``: everything)."""
         removed = 0
+        newer = [g for g in self.generations(shard) if g > gen]
         with self.env.begin(write=True) as txn:
-            cur = txn.cursor()
-            ok = cur.set_range(_SHARD.pack(shard))
-            doomed = []
-            while ok:
-                key = cur.key()
-                if _SHARD.unpack_from(key)[0] != shard:
-                    break
-                if key[2:3] not in (HEAD, FLOOR) and split_key(key)[3] > gen:
-                    doomed.append(key)
-                ok = cur.next()
+            doomed: list[bytes] = []
+            if gen == 0:
+                cur = txn.cursor()
+                ok = cur.set_range(_SHARD.pack(shard))
+                while ok and _SHARD.unpack_from(cur.key())[0] == shard:
+                    if cur.key()[2:3] not in (HEAD, FLOOR):
+                        doomed.append(cur.key())
+                    ok = cur.next()
+            else:
+                for g in newer:
+                    doomed += self._index(txn, shard, g)
+                    doomed += [version_key(shard, MANIFEST, b"", g), version_key(shard, INDEX, b"", g)]
             for key in doomed:
-                txn.delete(key)
-                removed += 1
+                if txn.delete(key):
+                    removed += 1
             if gen > 0:
                 txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
             else:
