@@ -26,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -70,10 +71,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+CHECKPOINT_S = 0.0  # --checkpoint-interval: 0 runs the job without checkpoints
+
+
 def start_job(boot: str, inp: str, out: str, model: str, extra: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "recsys_stream.cli", "run", "--brokers", boot, "--input-topic", inp,
            "--output-topic", out, "--dead-letter-topic", out + "-dead", "--workers", "1", "--model", model,
            "--refresh-interval", "0", *extra]
+    if CHECKPOINT_S > 0:
+        cmd += ["--checkpoint-dir", tempfile.mkdtemp(prefix="e2e-ckpt-"), "--checkpoint-interval", str(CHECKPOINT_S)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -127,7 +133,8 @@ def throughput(boot: str, events, passes: int, model: str) -> dict:
     total = passes * len(events)
     active = last - first
     return {"events": total, "lists": n, "active_s": round(active, 3), "events_per_s": round(total / active, 1),
-            "wall_s_including_startup": round(wall, 2), "model": model, "workers": 1, "checkpointing": False}
+            "wall_s_including_startup": round(wall, 2), "model": model, "workers": 1,
+            "checkpoint_interval_s": CHECKPOINT_S or None}
 
 
 def latency(boot: str, events, rate: float, seconds: float, model: str, linger_ms: int, warmup_s: float) -> dict:
@@ -193,7 +200,7 @@ def latency(boot: str, events, rate: float, seconds: float, model: str, linger_m
             "p99_ms": round(1000 * q[98], 2), "max_ms": round(1000 * lat[-1], 2),
             "warmup_s": warmup_s, "warmup_max_ms": round(1000 * max(warm), 2) if warm else None,
             "achieved_rate": round(total / send_wall, 1), "worker_cpu_pct": round(100 * cpu / (send_wall + 3.0), 1),
-            "linger_ms": linger_ms, "model": model, "refresh_interval_s": 0, "checkpointing": False}
+            "linger_ms": linger_ms, "model": model, "refresh_interval_s": 0, "checkpoint_interval_s": CHECKPOINT_S or None}
 
 
 def main(argv=None) -> int:
@@ -207,8 +214,12 @@ def main(argv=None) -> int:
     ap.add_argument("--linger-ms", type=int, default=2, help="the benchmark producer's linger.ms")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="seconds of each latency run left out")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--checkpoint-interval", type=float, default=0.0,
+                    help="run the worker with checkpoints every S seconds (0: without)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    global CHECKPOINT_S
+    CHECKPOINT_S = a.checkpoint_interval
     events = read_events(str(a.data / "u.data")).events
     res = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d"),
            "throughput": [], "latency": []}
@@ -230,7 +241,8 @@ def main(argv=None) -> int:
     print(json.dumps(res))
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "e2e_kafka.json").write_text(json.dumps(res, indent=2))
+        name = "e2e_kafka.json" if not CHECKPOINT_S else "e2e_kafka_checkpoint.json"
+        (a.out / name).write_text(json.dumps(res, indent=2))
     return 0
 
 

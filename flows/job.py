@@ -49,7 +49,6 @@ class Job:
     flow: Dataflow
     config: RunConfig
     settings: FlowSettings
-    embedded: bool
     metrics: MetricsSink | None = None  # prequential metrics (embedded stream, or with evaluate)
 
 
@@ -156,7 +155,7 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
         acc = MetricsAccumulator(k=cfg.k, rating=model.predicts_rating, like=model.predicts_like)
         msink = MetricsSink(acc, clock, total=cfg.gen_events or None, progress=True, label="run")
         flow = build_flow(settings, source, lists_sink=StdoutListsSink(metrics), metrics_sink=msink, metrics=metrics)
-        return Job(flow, cfg, settings, embedded=True, metrics=msink)
+        return Job(flow, cfg, settings, metrics=msink)
     conf = cfg.kafka_config()
     n = topic_partitions(conf, cfg.input_topic)
     created = ensure_topics(conf, [cfg.output_topic, cfg.dead_letter_topic], cfg.partitions, cfg.replication)
@@ -171,7 +170,7 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
     flow = build_flow(settings, source, raw=True, catalog_source=catalog,
                       lists_sink=KafkaListsSink(conf, cfg.output_topic, metrics),
                       dead_letter_sink=KafkaDeadLetterSink(conf, cfg.dead_letter_topic), metrics=metrics)
-    return Job(flow, cfg, settings, embedded=False)
+    return Job(flow, cfg, settings)
 
 
 def get_flow(config_path: str | None = None) -> Dataflow:

@@ -354,6 +354,7 @@ def cmd_run(args) -> int:
         acc, clock = job.metrics.acc, job.metrics.clock
         flow_s = (clock.last_update - clock.first_event) if clock.first_event and clock.last_update else 0.0
         summary = {"model": cfg.model, "k": cfg.k, "events": acc.events, **acc.finish(), "lists": acc.lists,
+                   "duplicates": acc.duplicates, "filtered": acc.filtered,
                    "flow_s": round(flow_s, 4), "events_per_s": round(acc.events / flow_s, 1) if flow_s else None,
                    "checkpointing": bool(cfg.checkpoint_dir)}
         print(dumps_line(summary), flush=True)

@@ -94,6 +94,8 @@ class MetricsAccumulator:
     shard_users: dict = field(default_factory=dict)
     events: int = 0
     lists: int = 0
+    duplicates: int = 0  # events dropped as repeated ids
+    filtered: int = 0  # events of users not admitted yet (frequency filter)
     busy_s: float = 0.0
 
     def add(self, r) -> None:
@@ -111,6 +113,8 @@ class MetricsAccumulator:
             if old is None or q < old:
                 self.rec_first[ext] = q
         self.shard_users[r.shard] = r.users
+        self.duplicates += r.duplicates
+        self.filtered += r.filtered
         if r.lists:
             self.lists += len(r.lists)
         self.busy_s += r.busy_s

@@ -373,6 +373,3 @@ class Store:
                 out.append(_GEN.unpack_from(cur.key(), len(prefix))[0])
                 ok = cur.next()
         return out
-
-    def disk_bytes(self) -> int:
-        return os.path.getsize(os.path.join(self.path, "data.mdb"))

@@ -45,7 +45,7 @@ def test_refresh_policy_leading_then_trailing_edge():
 
 def test_parser_dead_letters_keep_origin_and_late_events_when_asked():
     good = [orjson.dumps({"user": "u", "item": "i", "ts": t, "type": "view", "value": 1}) for t in (100, 200, 90, 199)]
-    raw = RawBatch("t", 2, [b"u"] * 5, good[:2] + [b"oops"] + good[2:], [10, 11, 12, 13, 14], [0] * 5, 5.0)
+    raw = RawBatch("t", 2, [b"u"] * 5, good[:2] + [b"oops"] + good[2:], [10, 11, 12, 13, 14], 5.0)
     batch, dead = EventParser(max_lateness_s=50)(raw)
     assert batch.offset.tolist() == [10, 11, 14] and batch.part.tolist() == [2, 2, 2]
     assert [d.offset for d in dead] == [12, 13]
@@ -55,7 +55,7 @@ def test_parser_dead_letters_keep_origin_and_late_events_when_asked():
     assert len(batch) == 4 and len(dead) == 1
     ops, bad = CatalogParser()(RawBatch("items", 0, [None] * 3, [b'{"item": "x", "op": "retire"}',
                                                                  b'{"item": "y", "op": "burn"}', b"[]"], [0, 1, 2],
-                                        [0] * 3, 0.0))
+                                        0.0))
     assert ops == [("x", "retire")] and len(bad) == 2
 
 

@@ -129,12 +129,3 @@ def parse_event_bytes(raw: bytes) -> tuple:
     except orjson.JSONDecodeError as exc:
         raise EventError(f"not valid JSON: {exc}") from None
     return parse_event_obj(obj)
-
-
-def encode_event(user, item, ts, etype: str, value, context=None, eid=None) -> bytes:
-    obj = {"user": user, "item": item, "ts": ts, "type": etype, "value": value}
-    if context:
-        obj["context"] = context
-    if eid is not None:
-        obj["id"] = eid
-    return orjson.dumps(obj)

@@ -44,7 +44,6 @@ class RawBatch:
     keys: list
     values: list
     offsets: list
-    timestamps: list  # message timestamps, ms (producer create time)
     ingest_ts: float  # wall clock when the poll returned
 
     def __len__(self):
@@ -137,7 +136,7 @@ class _PartitionReader(StatefulSourcePartition):
                 return []
         msgs = self.consumer.consume(n, 0.001)
         self._taken += len(msgs)
-        keys, values, offsets, stamps = [], [], [], []
+        keys, values, offsets = [], [], []
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -150,7 +149,6 @@ class _PartitionReader(StatefulSourcePartition):
             keys.append(m.key())
             values.append(m.value())
             offsets.append(m.offset())
-            stamps.append(m.timestamp()[1])
         now = time.time()
         if offsets:
             self.position = offsets[-1] + 1
@@ -164,7 +162,7 @@ class _PartitionReader(StatefulSourcePartition):
                 pass
         if not values:
             return []
-        return [RawBatch(self.topic, self.partition, keys, values, offsets, stamps, now)]
+        return [RawBatch(self.topic, self.partition, keys, values, offsets, now)]
 
     def snapshot(self) -> Optional[int]:
         return self.position

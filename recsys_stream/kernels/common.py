@@ -84,14 +84,3 @@ def clip(x, lo, hi):
     if x > hi:
         return hi
     return x
-
-
-@njit(cache=True)
-def first_nonfinite_row(mat, rows, n_rows):
-    """Index into ``rows[:n_rows]`` of the first row of ``mat`` holding NaN/Inf, or -1."""
-    for r in range(n_rows):
-        row = rows[r]
-        for f in range(mat.shape[1]):
-            if not math.isfinite(mat[row, f]):
-                return r
-    return -1

@@ -51,27 +51,6 @@ WANT_LIST = 4  # compute the user's list after learning (to be emitted)
 RANK = 8  # rank the catalog before learning (ranking metrics)
 PEEK = 16  # read only: with WANT_LIST, the user's current list; nothing is learned or recorded
 
-CORE_FIELDS = (
-    "seen",
-    "seen_count",
-    "active",
-    "pop",
-    "pop_meta",
-    "dims",
-    "uev",
-    "iev",
-    "recent",
-    "rng",
-    "hoff",
-    "hlen",
-    "hpool",
-    "excl",
-    "porder",
-    "prank",
-    "udirty",
-    "idirty",
-)
-
 
 @njit(cache=True, inline="always")
 def observe(core, u, i, t, weight):

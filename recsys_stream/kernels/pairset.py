@@ -79,22 +79,6 @@ def pairset_rebuild_without(table, count, old, drop_user):
         count[0] += 1
 
 
-@njit(cache=True)
-def pairset_items_of(table, u, out):
-    """Write the item rows paired with user ``u`` into ``out``; returns how many (full scan)."""
-    n = 0
-    for j in range(table.shape[0]):
-        key = table[j]
-        if key == 0:
-            continue
-        k = key - _ONE
-        if np.int64(k >> _S32) == u:
-            if n < out.shape[0]:
-                out[n] = np.int64(k & np.uint64(0xFFFFFFFF))
-            n += 1
-    return n
-
-
 def pairset_new(capacity: int = 1024) -> np.ndarray:
     cap = 1
     while cap < capacity:
