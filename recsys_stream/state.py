@@ -89,9 +89,6 @@ class StateArrays:
             new[:old] = arr
         return new
 
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
 
 class IdMap:
     """External string id <-> dense row. New ids take freed rows first (lowest first),

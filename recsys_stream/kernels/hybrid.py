@@ -108,13 +108,11 @@ def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf,
 
 
 @njit(cache=True)
-def _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, z, nacc, fhp,
-            k, idx, val, w, out_idx, out_sc, probs):
+def _rerank(m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, z, nacc, fhp,
+            k, idx, val, out_idx, out_sc, probs):
     """Top-k of the candidates by the re-ranker's probability (ties: lower row)."""
     # the bucket's weights are the same for every candidate: compute them once
     wb = np.empty(N_FEAT)
-    for t in range(N_FEAT):
-        idx[t] = bucket * N_FEAT + t
     alpha, beta, l1, l2 = fhp[HP_ALPHA], fhp[HP_BETA], fhp[HP_L1], fhp[HP_L2]
     for t in range(N_FEAT):
         wb[t] = ftrl_weight(z, nacc, bucket * N_FEAT + t, alpha, beta, l1, l2)
@@ -184,8 +182,8 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
             m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn,
                                               rank_mf, rank_knn, rank_pop, cand, top_idx, top_sc)
             if f & RANK:
-                c = _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
-                            z, nacc, fhp, k, idx, val, w, topk_out[e], sc_k, probs)
+                c = _rerank(m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
+                            z, nacc, fhp, k, idx, val, topk_out[e], sc_k, probs)
                 pos_out[e] = position_in(topk_out[e], c, i) if i < dims[1] else -1
             in_cand = i < dims[1] and (rank_mf[i] >= 0 or rank_knn[i] >= 0 or rank_pop[i] >= 0)
             if (f & LEARN) and in_cand:
@@ -220,8 +218,8 @@ def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z,
         if f & WANT_LIST:
             m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn,
                                               rank_mf, rank_knn, rank_pop, cand, top_idx, top_sc)
-            _rerank(u, m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
-                    z, nacc, fhp, k, idx, val, w, lst_out[e], sc_k, probs)
+            _rerank(m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
+                    z, nacc, fhp, k, idx, val, lst_out[e], sc_k, probs)
             for r in range(k):
                 lst_sc_out[e, r] = sc_k[r]
             for t in range(m):
