@@ -58,7 +58,7 @@ def run_backtest(
     keep_lists: bool = False,
 ) -> BacktestRun:
     """Replay ``log`` through the dataflow and return the accumulated metrics."""
-    model = MODELS[settings.flow.shard.model][0]
+    model = MODELS[settings.flow.shard.model]
     shard = settings.flow.shard
     acc = MetricsAccumulator(
         k=shard.k,

@@ -59,7 +59,7 @@ def cluster_size(cfg: RunConfig) -> int:
 
 
 def shard_settings(cfg: RunConfig) -> ShardSettings:
-    params = MODELS[cfg.model][1]().replace(**dict(cfg.params))
+    params = MODELS[cfg.model].params_type().replace(**dict(cfg.params))
     return ShardSettings(model=cfg.model, params=params, k=cfg.k, seed=cfg.seed, half_life_days=cfg.half_life_days,
                          evaluate=cfg.evaluate, dedupe_window_s=cfg.dedupe_window_s,
                          min_user_events=cfg.min_user_events, ttl_s=cfg.ttl_s)
@@ -151,7 +151,7 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
         clock = RunClock()
         source = ReplaySource(events, batch_size=cfg.batch_size, passes=passes, rate=cfg.rate, stoppable=True,
                               clock=clock)
-        model = MODELS[cfg.model][0]
+        model = MODELS[cfg.model]
         acc = MetricsAccumulator(k=cfg.k, rating=model.predicts_rating, like=model.predicts_like)
         msink = MetricsSink(acc, clock, total=cfg.gen_events or None, progress=True, label="run")
         flow = build_flow(settings, source, lists_sink=StdoutListsSink(metrics), metrics_sink=msink, metrics=metrics)

@@ -35,6 +35,7 @@ from recsys_stream.faults import fault_point
 from recsys_stream.features import FeatureStore
 from recsys_stream.io.parse import CatalogParser, EventParser
 from recsys_stream.obs import NullMetrics
+from recsys_stream.records import list_record
 from recsys_stream.refresh import RefreshPolicy
 from recsys_stream.routing import UserRouter, shard_keys
 from recsys_stream.shard import Shard, ShardResult, ShardSettings, occurrence
@@ -94,13 +95,6 @@ class Router:
         return out
 
 
-def empty_result(shard: int, lists: list, users: int = 0, items: int = 0) -> ShardResult:
-    z = np.zeros(0)
-    return ShardResult(shard=shard, n=0, seq=z.astype(np.int64), pred=z.astype(np.float32),
-                       target=z.astype(np.float32), pos=z.astype(np.int16), new_items=[], new_recs=[],
-                       users=users, items=items, lists=lists)
-
-
 class ShardLogic(StatefulBatchLogic):
     """Bytewax wrapper of a ``Shard``: one kernel call per batch, catalog operations in
     arrival order, de-duplication by event id, the refresh policy's timer, and the
@@ -136,10 +130,9 @@ class ShardLogic(StatefulBatchLogic):
         ck = Checkpointer(self.shard, self.store, fault_point, self.settings.checkpoint.fallback)
         self.shard.checkpointer = ck
         emit = ck.restore(handle["gen"])
-        self.shard.restore_emission(emit)
+        self.shard.filter.restore(emit)
         if self.policy is not None:
-            self.policy.pending = dict(emit.get("pending", {}))
-            self.policy.last_sent = dict(emit.get("last_sent", {}))
+            self.policy.restore(emit)
 
     def on_batch(self, values):
         out: list = []
@@ -162,15 +155,17 @@ class ShardLogic(StatefulBatchLogic):
     def _process(self, batches: list) -> ShardResult:
         sh = self.shard
         b = EventBatch.concat(batches)
-        b, replayed = sh.skip_applied(b)
+        b, replayed = sh.filter.skip_applied(b)
         again = self._replayed(replayed) if replayed is not None else []
-        self._check_gap(b)
-        b, dups = sh.drop_duplicates(b)
+        for part, first, top in sh.filter.gap(b):
+            log.error("shard %d: after the restore, source partition %d resumed at %d but the state has events up "
+                      "to %d only: %d event(s) are missing", sh.index, part, first, top, first - top - 1)
+        b, dups = sh.filter.drop_duplicates(b)
         b, held = sh.admit(b)
         if dups:
             self.metrics.duplicates(dups)
         if len(b) == 0:
-            r = empty_result(sh.index, [], sh.n_users_total, len(sh.items))
+            r = ShardResult.empty(sh.index, [], sh.users.total, len(sh.items))
         elif self.policy is None:
             r = sh.process(b)
         else:
@@ -201,31 +196,18 @@ class ShardLogic(StatefulBatchLogic):
             rec = self.shard.recommend(user)
             if rec["known"]:
                 last = np.flatnonzero(replayed.user == user)[-1]
-                out.append({"user": user, "items": rec["items"], "scores": rec["scores"],
-                            "model": self.settings.shard.model, "version": rec["version"],
-                            "event_ts": float(replayed.ts[last]),
-                            "trigger": {"partition": int(replayed.part[last]), "offset": int(replayed.offset[last])}})
+                out.append(list_record(user, rec["items"], rec["scores"], self.settings.shard.model, rec["version"],
+                                       replayed.ts[last], replayed.part[last], replayed.offset[last]))
         return out
-
-    def _check_gap(self, b: EventBatch) -> None:
-        """After a restore, the source must resume at or before the first unapplied event."""
-        first = self.shard.resumed_from
-        if not first or len(b) == 0:
-            return
-        self.shard.resumed_from = None
-        for part, top in first.items():
-            sel = b.part == part
-            if sel.any() and int(b.seq[sel].min()) > top + 1:
-                log.error("shard %d: after the restore, source partition %d resumed at %d but the state has "
-                          "events up to %d only: %d event(s) are missing", self.shard.index, part,
-                          int(b.seq[sel].min()), top, int(b.seq[sel].min()) - top - 1)
 
     def on_notify(self):
         due = self.policy.due(time.time()) if self.policy is not None else []
         if not due or self.shard is None:
             return [], StatefulBatchLogic.RETAIN
-        return [empty_result(self.shard.index, due, self.shard.n_users_total, len(self.shard.items))], \
-            StatefulBatchLogic.RETAIN
+        return [self._lists_only(due)], StatefulBatchLogic.RETAIN
+
+    def _lists_only(self, lists: list) -> ShardResult:
+        return ShardResult.empty(self.shard.index, lists, self.shard.users.total, len(self.shard.items))
 
     def on_eof(self):
         # the input ended (drained, or SIGTERM): send the trailing lists still waiting
@@ -233,8 +215,7 @@ class ShardLogic(StatefulBatchLogic):
             return [], StatefulBatchLogic.RETAIN
         due = list(self.policy.pending.values())
         self.policy.pending.clear()
-        return [empty_result(self.shard.index, due, self.shard.n_users_total, len(self.shard.items))], \
-            StatefulBatchLogic.RETAIN
+        return [self._lists_only(due)], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> Optional[datetime]:
         if self.policy is None:
@@ -247,13 +228,9 @@ class ShardLogic(StatefulBatchLogic):
         if self.store is None or self.shard is None:
             return None
         sh = self.shard
-        emit = sh.emission_state()
+        emit = sh.filter.snapshot()
         if self.policy is not None:
-            now = time.time()
-            iv = self.policy.interval_s
-            emit["pending"] = self.policy.pending
-            # a send time older than the interval no longer throttles anyone
-            emit["last_sent"] = {u: t for u, t in self.policy.last_sent.items() if now - t < iv}
+            emit |= self.policy.snapshot(time.time())
         gen = sh.checkpointer.snapshot(emit)
         fault_point("checkpoint.after-commit")
         if self.settings.shard.ttl_s > 0:

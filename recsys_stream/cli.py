@@ -68,7 +68,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _model_params(args):
     from .models import MODELS
 
-    cls = MODELS[args.model][1]
+    cls = MODELS[args.model].params_type
     known = cls.__dataclass_fields__
     changes = {}
     for name in PARAM_FLAGS:

@@ -100,7 +100,7 @@ def describe(checkpoint_dir: str, user: str | None = None, with_digest: bool = F
             if shard not in gens:
                 raise CheckpointError(f"shard {shard} (of user {user!r}) has no committed generation")
             m = store.manifest(shard, gens[shard])
-            cls = MODELS[m.meta["model"]][1]
+            cls = MODELS[m.meta["model"]].params_type
             hl = m.meta["half_life_days"]
             settings = ShardSettings(model=m.meta["model"], params=cls(**m.meta["params"]), seed=m.meta["seed"],
                                      recent=m.meta["recent"], half_life_days=float(hl))
@@ -109,12 +109,13 @@ def describe(checkpoint_dir: str, user: str | None = None, with_digest: bool = F
             sh.checkpointer = ck
             ck.view_generation(gens[shard])
             rec = sh.recommend(user)
-            row = sh.users.get(user)
+            row = sh.users.ids.get(user)
             norms = {}
             if row >= 0:
-                for name, spec in sh.arrays.specs.items():
-                    if spec.kind == "user" and spec.dtype.startswith("float") and spec.tail and name != "last_ts":
-                        norms[name] = float(np.linalg.norm(sh.arrays[name][row].astype(np.float64)))
+                ua = sh.users.arrays
+                for name, spec in ua.specs.items():
+                    if spec.stored and spec.dtype.startswith("float") and spec.tail:
+                        norms[name] = float(np.linalg.norm(ua[name][row].astype(np.float64)))
             out["user"] = {"id": user, "shard": shard, "known": rec["known"], "version": rec["version"],
                            "norms": norms, "list": rec["items"], "scores": rec["scores"]}
         if with_digest:

@@ -85,6 +85,16 @@ class RefreshPolicy:
         get = self.last_sent.get
         return min(get(u, -math.inf) for u in self.pending) + self.interval_s
 
+    def snapshot(self, now: float) -> dict:
+        """What a checkpoint keeps: the pending lists, and the send times that still
+        throttle someone (older than the interval, they no longer do)."""
+        iv = self.interval_s
+        return {"pending": dict(self.pending), "last_sent": {u: t for u, t in self.last_sent.items() if now - t < iv}}
+
+    def restore(self, state: dict) -> None:
+        self.pending = dict(state.get("pending", {}))
+        self.last_sent = dict(state.get("last_sent", {}))
+
     def expire(self, now: float) -> None:
         """Forget send times older than the interval (they no longer throttle anyone)."""
         if len(self.last_sent) > 100_000:

@@ -1,27 +1,32 @@
-"""A shard: the keyed state of a group of users, and the prequential step over a batch.
+"""A shard: the users of one key group, and the prequential step over a batch.
 
 For each event, in order, the model first evaluates (predicts the rating or like
 probability, ranks the catalog) with the state as it stands and then learns; lists for
 subscribers are computed right after the event that triggers them, from the state as of
-that event. All of it happens in one kernel call per batch.
+that event. All of it happens in one kernel call per batch (``kernels.driver``).
+
+A shard owns its ``UserState``; it reads and updates the item side through an
+``ItemState`` it is given (its own by default).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import scratch
+from .eventfilter import EventFilter
 from .events import EventBatch
 from .features import FeatureStore, fill_rows
 from .kernels.common import mix64
-from .kernels.core import PEEK, RANK, WANT_LIST, popular_list
-from .models import MODELS, ModelDivergedError, Params, Prepared, model_params
+from .kernels.driver import prequential
+from .kernels.layout import PEEK, RANK, WANT_LIST, Batch, Out
+from .models import DEFAULT_MODEL, MODELS, ModelDivergedError, Params, model_params
 from .models.ftrl import like_labels
-from .state import GLOBAL, ITEM, USER, ArraySpec, History, IdMap, PairSet, StateArrays
+from .records import list_items, list_record
+from .state import ItemState, UserState
 
 LIST_POLICIES = ("none", "last", "all")
 
@@ -30,7 +35,7 @@ LIST_POLICIES = ("none", "last", "all")
 class ShardSettings:
     """Everything that shapes a shard's state and its per-event work."""
 
-    model: str = "itemknn"
+    model: str = DEFAULT_MODEL
     params: Params = None  # the model's parameters; defaults when None
     k: int = 10
     seed: int = 42
@@ -45,12 +50,12 @@ class ShardSettings:
     ttl_s: float = 0.0  # >0: users idle this long (event time) leave memory after a checkpoint stored them
 
     def __post_init__(self):
-        if self.params is None:
-            object.__setattr__(self, "params", model_params(self.model))
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
-        if not isinstance(self.params, MODELS[self.model][1]):
-            raise TypeError(f"params for {self.model!r} must be {MODELS[self.model][1].__name__}")
+        if self.params is None:
+            object.__setattr__(self, "params", model_params(self.model))
+        if not isinstance(self.params, MODELS[self.model].params_type):
+            raise TypeError(f"params for {self.model!r} must be {MODELS[self.model].params_type.__name__}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.lists not in LIST_POLICIES:
@@ -59,6 +64,11 @@ class ShardSettings:
             raise ValueError(f"half_life_days must be > 0, got {self.half_life_days}")
         if self.min_user_events < 1:
             raise ValueError(f"min_user_events must be >= 1, got {self.min_user_events}")
+        if self.recent < 1:
+            raise ValueError(f"recent must be >= 1, got {self.recent}")
+
+    def make_model(self):
+        return MODELS[self.model](self.params, rank=self.rank)
 
 
 @dataclass
@@ -80,31 +90,11 @@ class ShardResult:
     filtered: int = 0  # events of users not admitted yet (frequency filter)
     busy_s: float = 0.0
 
-
-def core_specs(recent: int) -> list[ArraySpec]:
-    return [
-        ArraySpec("active", ITEM, (), "uint8", fill=1),
-        ArraySpec("pop", ITEM, (), "float64"),
-        ArraySpec("pop_meta", GLOBAL, (4,), "float64"),
-        ArraySpec("pop.order", ITEM, (), "int32"),  # derived from pop: rebuilt, not stored
-        ArraySpec("pop.rank", ITEM, (), "int32"),
-        ArraySpec("dims", GLOBAL, (2,), "int64"),
-        ArraySpec("uev", USER, (), "int64"),
-        ArraySpec("iev", ITEM, (), "int64"),
-        ArraySpec("recent", USER, (recent,), "int32", fill=-1),
-        ArraySpec("rng", GLOBAL, (1,), "uint64"),
-        ArraySpec("hist.off", USER, (), "int64"),
-        ArraySpec("hist.len", USER, (), "int64"),
-        ArraySpec("hist.cap", USER, (), "int64"),
-        # scratch (all zero between kernel calls): the exclusion mask of the ranked user
-        ArraySpec("scratch.excl", ITEM, (), "uint8"),
-        # rows changed since the last checkpoint
-        ArraySpec("dirty.u", USER, (), "uint8"),
-        ArraySpec("dirty.i", ITEM, (), "uint8"),
-        ArraySpec("last_ts", USER, (), "float64"),  # the user's latest event time (expiry)
-        # evaluation bookkeeping (not model state): first event that recommended an item
-        ArraySpec("book.first_rec", ITEM, (), "int64", fill=-1),
-    ]
+    @classmethod
+    def empty(cls, shard: int, lists: list | None = None, users: int = 0, items: int = 0) -> "ShardResult":
+        z = np.zeros(0)
+        return cls(shard=shard, n=0, seq=z.astype(np.int64), pred=z.astype(np.float32), target=z.astype(np.float32),
+                   pos=z.astype(np.int16), new_items=[], new_recs=[], users=users, items=items, lists=lists or [])
 
 
 def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,41 +116,40 @@ def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return occ, occ == 0, last
 
 
+def user_stream_seed(seed: int, index: int) -> int:
+    """The shard's random stream starts from its seed and index (SplitMix64)."""
+    return int(mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + np.uint64(index)))
+
+
 class Shard:
     """State and logic of one shard (see module docstring)."""
 
-    def __init__(self, index: int, settings: ShardSettings, features: FeatureStore | None = None):
+    def __init__(self, index: int, settings: ShardSettings, features: FeatureStore | None = None,
+                 items: ItemState | None = None):
         self.index = index
         self.settings = settings
         self.features = features
+        self.model = settings.make_model()
         self.checkpointer = None  # set when the shard is backed by a checkpoint store
+        self.own_items = items is None
+        self._items = items
         self.reset()
 
     def reset(self) -> None:
         """Empty state (a new shard, or before restoring an older generation)."""
-        settings = self.settings
-        index = self.index
-        self.users = IdMap()
-        self.items = IdMap()
-        self.arrays = StateArrays(core_specs(max(settings.recent, 1)))
-        self.seen = PairSet()
-        self.history = History()
-        cls = MODELS[settings.model][0]
-        self.model = cls(settings.params, self.arrays, rank=settings.rank)
-        a = self.arrays
-        hl = settings.half_life_days
-        a["pop_meta"][1] = 0.0 if math.isinf(hl) else math.log(2.0) / (hl * 86400.0)
-        a["rng"][0] = np.uint64(mix64(np.uint64(settings.seed & 0xFFFFFFFFFFFFFFFF) + np.uint64(index)))
-        self._scores = np.zeros(a.cap_items, dtype=np.float64)
-        # event ids seen within the de-duplication window (they decide which events are applied)
-        self.recent_ids: dict = {}
-        self.id_queue: deque = deque()
-        self.admission: dict = {}  # user -> events so far, for users below min_user_events
-        self.n_users_total = 0  # distinct users this shard has met (in memory or stored)
-        # source partition -> highest sequence number (offset) applied: what a replay after a
-        # restore skips, so no event is applied twice whatever position the source resumes at
-        self.applied: dict[int, int] = {}
-        self.resumed_from: dict[int, int] | None = None  # applied positions at a restore (gap check)
+        s = self.settings
+        self.users = UserState(self.model.user_specs(), s.recent, user_stream_seed(s.seed, self.index))
+        if self.own_items:
+            self.items = ItemState(self.model.item_specs(), s.half_life_days, s.seed)
+        else:
+            self.items = self._items
+        self.filter = EventFilter(s.dedupe_window_s, s.min_user_events)
+
+    def meta(self) -> dict:
+        """The settings a checkpoint of this shard records and checks on restore."""
+        s = self.settings
+        return {"model": s.model, "params": s.params.as_dict(), "seed": s.seed, "recent": s.recent,
+                "half_life_days": s.half_life_days if s.half_life_days != float("inf") else "inf"}
 
     # -- the step -----------------------------------------------------------------
 
@@ -170,26 +159,16 @@ class Shard:
         s = self.settings
         k = s.k
         n = len(b)
-        created = self.users.created
-        U, _ = self.users.rows(b.user)
-        self.n_users_total += self.users.created - created
+        U = self.users.rows(b.user)
         I, first_new_item = self.items.rows(b.item)
-        a = self.arrays
-        a.ensure(len(self.users), len(self.items))
-        a["last_ts"][U] = b.ts  # the last write per user is their latest event
-        self.seen.reserve(n)
-        users, counts = np.unique(U, return_counts=True)
-        self.history.reserve(users, counts, a)
+        self.users.arrays["last_ts"][U] = b.ts  # the last write per user is their latest event
+        self.users.reserve(U)
         if self.model.uses_features:
             self._fill_features(U, I)
-        if len(self._scores) < a.cap_items:
-            self._scores = np.zeros(a.cap_items, dtype=np.float64)
-
         labels = like_labels(b.etype, b.value, getattr(s.params, "like_threshold", 4.0))
-        p = Prepared(U, I, b.value, labels, b.ts, b.etype, b.ctx_ptr, b.ctx_hash)
-        F = self.model.flags(p, s.evaluate)
+        F = self.model.flags(b.etype, s.evaluate)
         if want is None and (s.lists != "none" or s.watch):
-            _occ, _first, last = occurrence(U)
+            last = occurrence(U)[2]
             if s.lists == "all":
                 want = np.ones(n, dtype=bool)
             elif s.lists == "last":
@@ -198,204 +177,116 @@ class Shard:
                 want = last & np.isin(b.user, list(s.watch))
         if want is not None:
             F[want] |= WANT_LIST
-        out = (
-            np.full(n, np.nan, dtype=np.float32),
-            np.full(n, -2, dtype=np.int16),
-            np.full((n, k), -1, dtype=np.int32),
-            np.full((n, k), -1, dtype=np.int32),
-            np.zeros((n, k), dtype=np.float32),
-        )
-        uev_before = a["uev"][U]
+        out = Out(np.full(n, np.nan, dtype=np.float32), np.full(n, -2, dtype=np.int16),
+                  np.full((n, k), -1, dtype=np.int32), np.full((n, k), -1, dtype=np.int32),
+                  np.zeros((n, k), dtype=np.float32))
+        uev_before = self.users.arrays["uev"][U]
         t0 = time.perf_counter()
-        status = self.model.run(p, F, k, self.core(), out, self._scores)
+        status = self._run(Batch(U, I, b.value, labels, b.ts, b.etype, F, b.ctx_ptr, b.ctx_hash), out)
         busy = time.perf_counter() - t0
         if status >= 0:
             raise ModelDivergedError(s.model, b.user[status], b.item[status], int(b.seq[status]), self.model.hint())
-        pred, pos, topk, lst, lst_sc = out
-
         target = b.value if self.model.predicts_rating else labels.astype(np.float32)
         new_items = []
         if first_new_item < len(self.items):
             # rows >= first_new_item appeared first in this batch; find each one's first event
             rows, first = np.unique(I, return_index=True)
             sel = rows >= first_new_item
-            ids = self.items.ids
+            ids = self.items.ids.ids
             new_items = [(ids[r], int(b.seq[e])) for r, e in zip(rows[sel], first[sel])]
-        new_recs = self._new_recs(F, topk, b.seq, k) if s.evaluate else []
-        for part in np.unique(b.part):
-            top = int(b.seq[b.part == part].max())
-            if top > self.applied.get(int(part), -1):
-                self.applied[int(part)] = top
+        new_recs = self._new_recs(F, out.topk, b.seq, k) if s.evaluate else []
+        self.filter.mark_applied(b)
         lists = None
         if want is not None:
             sel = np.flatnonzero(want)
-            occ = occurrence(U)[0]
-            lists = self._records(sel, b, lst, lst_sc, uev_before[sel] + occ[sel] + 1)
-        return ShardResult(
-            shard=self.index,
-            n=n,
-            seq=b.seq,
-            pred=pred,
-            target=target,
-            pos=pos,
-            new_items=new_items,
-            new_recs=new_recs,
-            users=self.n_users_total,
-            items=len(self.items),
-            lists=lists,
-            busy_s=busy,
-        )
+            versions = uev_before[sel] + occurrence(U)[0][sel] + 1
+            lists = self._records(sel, b, out, versions)
+        return ShardResult(shard=self.index, n=n, seq=b.seq, pred=out.pred, target=target, pos=out.pos,
+                           new_items=new_items, new_recs=new_recs, users=self.users.total, items=len(self.items),
+                           lists=lists, busy_s=busy)
+
+    def _run(self, batch: Batch, out: Out) -> int:
+        k = self.settings.k
+        m = self.model.kernel_state(self.users, self.items, k)
+        sc = scratch.scratch(self.items.arrays.cap, k)
+        return int(prequential(m, self.users.kernel(), self.items.kernel(), sc, batch, k, out))
 
     def admit(self, b: EventBatch) -> tuple[EventBatch, int]:
         """Before ``process``: bring back stored users of the batch that are not in memory,
         and hold back the events of users below ``min_user_events`` (they are counted; the
         user gets state at their Nth event). Returns the events to process and how many
         were held back."""
-        index = self.users.index
+        index = self.users.ids.index
         unknown = list(dict.fromkeys(u for u in b.user if u not in index))
         if not unknown:
             return b, 0
         if self.checkpointer is not None:
-            stored = self.checkpointer.fetch_users(unknown)
-            for ext, payload in stored.items():
-                self.checkpointer.load_user(ext, payload)
-            unknown = [u for u in unknown if u not in stored]
-        need = self.settings.min_user_events
-        if need <= 1 or not unknown:
-            return b, 0
-        fresh = set(unknown)
-        keep = np.ones(len(b), dtype=bool)
-        counts = self.admission
-        for e, u in enumerate(b.user):
-            if u in fresh:
-                c = counts.get(u, 0) + 1
-                if c < need:
-                    counts[u] = c
-                    keep[e] = False
-                    if len(counts) > 1_000_000:  # bounded: the oldest counts are forgotten
-                        counts.pop(next(iter(counts)))
-                else:
-                    counts.pop(u, None)
-                    fresh.discard(u)  # admitted: this event and the next ones are learned
-        held = int(len(b) - keep.sum())
-        return (b if held == 0 else b.take(np.flatnonzero(keep))), held
-
-    def skip_applied(self, b: EventBatch) -> tuple[EventBatch, EventBatch | None]:
-        """Split off events this shard has applied already (a source replaying after a
-        restore); returns (new events, replayed events or None)."""
-        if not self.applied:
-            return b, None
-        done = np.zeros(len(b), dtype=bool)
-        for part, top in self.applied.items():
-            done |= (b.part == part) & (b.seq <= top)
-        if not done.any():
-            return b, None
-        return b.take(np.flatnonzero(~done)), b.take(np.flatnonzero(done))
-
-    def emission_state(self) -> dict:
-        """The bookkeeping a checkpoint keeps besides the model arrays: applied source
-        positions, de-duplication ids and admission counts (they decide which events are
-        applied)."""
-        return {"applied": {str(p): q for p, q in self.applied.items()},
-                "ids": [[t, e] for t, e in self.id_queue], "admission": self.admission}
-
-    def restore_emission(self, state: dict) -> None:
-        self.applied = {int(p): int(q) for p, q in state.get("applied", {}).items()}
-        self.resumed_from = dict(self.applied)
-        self.id_queue = deque((float(t), e) for t, e in state.get("ids", []))
-        self.recent_ids = {e: t for t, e in self.id_queue}
-        self.admission = dict(state.get("admission", {}))
+            found = self.checkpointer.load_users(unknown)
+            unknown = [u for u in unknown if u not in found]
+        return self.filter.hold_back(b, unknown)
 
     def recommend(self, user: str) -> dict:
         """The user's current list, read only (an unknown user gets the popularity list)."""
-        a = self.arrays
         k = self.settings.k
-        row = self.users.get(user)
+        row = self.users.ids.get(user)
         if row < 0 and self.checkpointer is not None:
-            found = self.checkpointer.fetch_users([user])
-            if user in found:
-                row = self.checkpointer.load_user(user, found[user])
-        if row < 0 or len(self.items) == 0:
-            idx = np.full(k, -1, dtype=np.int32)
-            sc = np.zeros(k)
-            c = popular_list(self.core(), k, idx, sc) if len(self.items) else 0
-            return {"user": user, "items": [self.items.ids[r] for r in idx[:c]], "scores": sc[:c].tolist(),
-                    "version": 0, "known": False}
+            if user in self.checkpointer.load_users([user]):
+                row = self.users.ids.get(user)
+        uev = int(self.users.arrays["uev"][row]) if row >= 0 else 0
+        if len(self.items) == 0:
+            return {"user": user, "items": [], "scores": [], "version": uev, "known": row >= 0}
         one = np.zeros(1)
-        p = Prepared(np.array([row]), np.zeros(1, np.int64), one.astype(np.float32), one, a["last_ts"][[row]],
-                     np.zeros(1, np.int8), np.zeros(2, np.int64), np.zeros(0, np.uint64))
-        out = (np.full(1, np.nan, np.float32), np.full(1, -2, np.int16), np.full((1, k), -1, np.int32),
-               np.full((1, k), -1, np.int32), np.zeros((1, k), np.float32))
-        if len(self._scores) < a.cap_items:
-            self._scores = np.zeros(a.cap_items)
-        self.model.run(p, np.array([WANT_LIST | PEEK], np.int32), k, self.core(), out, self._scores)
-        lst, sc = out[3][0], out[4][0]
-        m = int(np.count_nonzero(lst >= 0))
-        return {"user": user, "items": [self.items.ids[r] for r in lst[:m]], "scores": sc[:m].tolist(),
-                "version": int(a["uev"][row]), "known": True}
+        t = self.users.arrays["last_ts"][[row]] if row >= 0 else one
+        batch = Batch(np.array([row], np.int64), np.zeros(1, np.int64), one.astype(np.float32), one, t,
+                      np.zeros(1, np.int8), np.array([WANT_LIST | PEEK], np.int32), np.zeros(2, np.int64),
+                      np.zeros(0, np.uint64))
+        out = Out(np.full(1, np.nan, np.float32), np.full(1, -2, np.int16), np.full((1, k), -1, np.int32),
+                  np.full((1, k), -1, np.int32), np.zeros((1, k), np.float32))
+        if row < 0:
+            # nobody knows this user: the popularity list, nothing excluded (u = -1 reads no user row)
+            self._popular(out)
+        else:
+            self._run(batch, out)
+        items, scores = list_items(self.items.ids.ids, out.lst[0], out.lst_sc[0])
+        return {"user": user, "items": items, "scores": scores.tolist(), "version": uev, "known": row >= 0}
 
-    def drop_duplicates(self, b: EventBatch) -> tuple[EventBatch, int]:
-        """Remove events whose id was seen within the window (event time) before, or
-        earlier in this batch; returns the rest and how many were dropped."""
-        if b.eid is None:
-            return b, 0
-        window = self.settings.dedupe_window_s
-        seen = self.recent_ids
-        q = self.id_queue
-        keep = np.ones(len(b), dtype=bool)
-        newest = max(float(b.ts.max()), q[-1][0] if q else -np.inf)
-        for e, (eid, t) in enumerate(zip(b.eid, b.ts)):
-            if eid is None:
-                continue
-            if eid in seen:
-                keep[e] = False
-                continue
-            seen[eid] = t
-            q.append((float(t), eid))
-        while q and q[0][0] < newest - window:
-            _t, old = q.popleft()
-            seen.pop(old, None)
-        dropped = int(len(b) - keep.sum())
-        return (b if dropped == 0 else b.take(np.flatnonzero(keep))), dropped
+    def _popular(self, out: Out) -> None:
+        from .kernels.core import user_pop_topk
+
+        k = self.settings.k
+        sc = scratch.scratch(self.items.arrays.cap, k)
+        idx = np.full(k, -1, np.int32)
+        c = user_pop_topk(-1, self.users.kernel(), self.items.kernel(), sc, k, idx, sc.sc_k)
+        out.lst[0] = idx
+        out.lst_sc[0, :c] = sc.sc_k[:c]
 
     def catalog(self, ops: list[tuple[str, str]]) -> None:
         """Apply catalog operations in order: ``add`` makes an item recommendable (a new
         item enters the catalog with no history), ``retire`` makes it never recommended
         again (until added back)."""
-        a = self.arrays
+        it = self.items
+        a = it.arrays
         for item, op in ops:
-            row = self.items.add(item)
-            if row >= int(a["dims"][1]):
-                a.ensure(len(self.users), len(self.items))
-                dims = a["dims"]
-                for r in range(int(dims[1]), row + 1):
-                    a["pop.order"][r] = r
-                    a["pop.rank"][r] = r
-                dims[1] = row + 1
+            row = it.add(item)
+            if row >= it.n:
+                it.extend(row)
                 if self.model.uses_features:
                     fill_rows(self.features, [item], np.array([row]), a["feat.i"], a["feat.ni"], "item")
             a["active"][row] = 1 if op == "add" else 0
-            a["dirty.i"][row] = 1
+            a["dirty"][row] = 1
 
     # -- helpers --------------------------------------------------------------------
 
-    def core(self) -> tuple:
-        """The shared arrays in the order ``kernels.core`` documents."""
-        a = self.arrays
-        return (self.seen.table, self.seen.count, a["active"], a["pop"], a["pop_meta"], a["dims"], a["uev"],
-                a["iev"], a["recent"], a["rng"], a["hist.off"], a["hist.len"], self.history.pool, a["scratch.excl"],
-                a["pop.order"], a["pop.rank"], a["dirty.u"], a["dirty.i"])
-
     def _fill_features(self, U: np.ndarray, I: np.ndarray) -> None:
-        a = self.arrays
-        nu = a["feat.nu"]
+        ua, ia = self.users.arrays, self.items.arrays
+        nu = ua["feat.nu"]
         new_u = np.unique(U[nu[U] == 0])
         if len(new_u):
-            fill_rows(self.features, [self.users.ids[r] for r in new_u], new_u, a["feat.u"], nu, "user")
-        ni = a["feat.ni"]
+            fill_rows(self.features, [self.users.ids.ids[r] for r in new_u], new_u, ua["feat.u"], nu, "user")
+        ni = ia["feat.ni"]
         new_i = np.unique(I[ni[I] == 0])
         if len(new_i):
-            fill_rows(self.features, [self.items.ids[r] for r in new_i], new_i, a["feat.i"], ni, "item")
+            fill_rows(self.features, [self.items.ids.ids[r] for r in new_i], new_i, ia["feat.i"], ni, "item")
 
     def _new_recs(self, F: np.ndarray, topk: np.ndarray, seq: np.ndarray, k: int) -> list:
         ranked = np.flatnonzero(F & RANK)
@@ -405,32 +296,21 @@ class Shard:
         rows, first = np.unique(flat, return_index=True)
         keep = rows >= 0
         rows, first = rows[keep], first[keep]
-        fr = self.arrays["book.first_rec"]
+        fr = self.items.arrays["book.first_rec"]
         new = fr[rows] < 0
         rows, first = rows[new], first[new]
         ev = ranked[first // k]
         fr[rows] = seq[ev]
-        ids = self.items.ids
+        ids = self.items.ids.ids
         return [(ids[r], int(q)) for r, q in zip(rows, seq[ev])]
 
-    def _records(self, sel, b: EventBatch, lst, lst_sc, versions) -> list:
+    def _records(self, sel, b: EventBatch, out: Out, versions) -> list:
         """The list records (the recommendations topic's values) of events ``sel``."""
-        ids = self.items.ids
+        ids = self.items.ids.ids
         model = self.settings.model
-        out = []
+        recs = []
         for j, e in enumerate(sel):
-            row = lst[e]
-            m = int(np.count_nonzero(row >= 0))
-            rec = {
-                "user": b.user[e],
-                "items": [ids[r] for r in row[:m]],
-                "scores": [float(x) for x in lst_sc[e, :m]],
-                "model": model,
-                "version": int(versions[j]),
-                "event_ts": float(b.ts[e]),
-                "trigger": {"partition": int(b.part[e]), "offset": int(b.offset[e])},
-            }
-            if b.ingest is not None:
-                rec["_ingest_ts"] = float(b.ingest[e])
-            out.append(rec)
-        return out
+            items, scores = list_items(ids, out.lst[e], out.lst_sc[e])
+            recs.append(list_record(b.user[e], items, scores, model, versions[j], b.ts[e], b.part[e], b.offset[e],
+                                    None if b.ingest is None else b.ingest[e]))
+        return recs

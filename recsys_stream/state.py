@@ -1,43 +1,57 @@
-"""Keyed state of a shard: id maps and named, growable numpy arrays.
+"""Keyed state: id maps, named growable arrays, and the user and item sides of a model.
 
-Every array a model or the shard keeps is declared with an ``ArraySpec`` saying whether
-its rows are users, items, items x items, or global. ``StateArrays`` grows them together
-(capacity doubling, new rows zero- or fill-initialised), and the same declarations drive
-checkpoints and digests: nothing is stored that is not declared.
+Every array a model or a shard keeps is declared with an ``ArraySpec`` saying whether its
+rows are the side's rows (``ROW``), rows x rows (``SQUARE``: dense item-to-item counts) or
+one fixed shape (``GLOBAL``), and whether a checkpoint stores it or it is derived,
+scratch or bookkeeping (``stored=False``: rebuilt or recomputed, never written). A
+``StateArrays`` grows its arrays together (capacity doubling, new rows fill-initialised);
+the same declarations drive checkpoints and digests.
+
+``UserState`` holds what is keyed by user (ids, rows, histories, the seen set, the random
+stream of user-side draws); ``ItemState`` what is keyed by item or global to the item side
+(ids, factor rows, counts, popularity and its order, co-occurrence, hashed weights). Each
+grows on its own, and each turns itself into the named tuple its kernels read
+(``kernels.layout``).
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
 
+from .events import stable_hash64
+from .kernels.common import mix64
 from .kernels.history import history_compact, history_move, history_relocations
-from .kernels.pairset import pairset_grow, pairset_new
+from .kernels.layout import ItemK, UserK
+from .kernels.pairset import pairset_add_many, pairset_grow, pairset_new, pairset_rebuild_without
+from .kernels.popularity import _resort
 
-USER, ITEM, ITEM2, GLOBAL = "user", "item", "item2", "global"
+ROW, SQUARE, GLOBAL = "row", "square", "global"
 
 
 @dataclass(frozen=True)
 class ArraySpec:
     name: str
-    kind: str  # USER, ITEM, ITEM2 (rows and columns are items) or GLOBAL
-    tail: tuple = ()  # trailing shape (for USER/ITEM) or the whole shape (GLOBAL)
+    kind: str = ROW  # ROW, SQUARE (rows and columns are rows of the side) or GLOBAL
+    tail: tuple = ()  # trailing shape (ROW) or the whole shape (GLOBAL)
     dtype: str = "float32"
     fill: float = 0
+    stored: bool = True  # False: derived, scratch or bookkeeping; never checkpointed
+    dirty: str = ""  # GLOBAL: the uint8 array marking which chunks changed (checkpoints write only those)
 
 
 class StateArrays:
-    """Named arrays whose leading dimension follows the user or item capacity."""
+    """Named arrays whose leading dimension follows one row capacity."""
 
-    def __init__(self, specs: list[ArraySpec], cap_users: int = 1024, cap_items: int = 1024):
-        self.specs = {s.name: s for s in specs}
-        self.cap_users = cap_users
-        self.cap_items = cap_items
+    def __init__(self, specs: list[ArraySpec], cap: int = 1024):
+        self.specs: dict[str, ArraySpec] = {}
+        self.cap = cap
         self.arrays: dict[str, np.ndarray] = {}
-        for s in specs:
-            self.arrays[s.name] = self._alloc(s)
+        self.add(specs)
 
     def add(self, specs: list[ArraySpec]) -> None:
         for s in specs:
@@ -47,12 +61,10 @@ class StateArrays:
             self.arrays[s.name] = self._alloc(s)
 
     def _shape(self, s: ArraySpec) -> tuple:
-        if s.kind == USER:
-            return (self.cap_users, *s.tail)
-        if s.kind == ITEM:
-            return (self.cap_items, *s.tail)
-        if s.kind == ITEM2:
-            return (self.cap_items, self.cap_items)
+        if s.kind == ROW:
+            return (self.cap, *s.tail)
+        if s.kind == SQUARE:
+            return (self.cap, self.cap)
         return tuple(s.tail)
 
     def _alloc(self, s: ArraySpec) -> np.ndarray:
@@ -61,33 +73,36 @@ class StateArrays:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
 
-    def __setitem__(self, name: str, value: np.ndarray) -> None:
-        self.arrays[name] = value
+    def __contains__(self, name: str) -> bool:
+        return name in self.arrays
 
-    def ensure(self, n_users: int, n_items: int) -> None:
-        """Grow so that rows ``< n_users`` / ``< n_items`` exist."""
-        if n_users > self.cap_users:
-            old = self.cap_users
-            while self.cap_users < n_users:
-                self.cap_users *= 2
-            for s in self.specs.values():
-                if s.kind == USER:
-                    self.arrays[s.name] = self._grow(s, self.arrays[s.name], old)
-        if n_items > self.cap_items:
-            old = self.cap_items
-            while self.cap_items < n_items:
-                self.cap_items *= 2
-            for s in self.specs.values():
-                if s.kind in (ITEM, ITEM2):
-                    self.arrays[s.name] = self._grow(s, self.arrays[s.name], old)
+    def stored(self, kind: str | None = None) -> list[ArraySpec]:
+        """The stored specs (of one kind), in name order: a checkpoint's layout."""
+        return [s for n, s in sorted(self.specs.items()) if s.stored and (kind is None or s.kind == kind)]
 
-    def _grow(self, s: ArraySpec, arr: np.ndarray, old: int) -> np.ndarray:
-        new = self._alloc(s)
-        if s.kind == ITEM2:
-            new[:old, :old] = arr
-        else:
-            new[:old] = arr
-        return new
+    def ensure(self, n_rows: int) -> None:
+        """Grow so that rows ``< n_rows`` exist."""
+        if n_rows <= self.cap:
+            return
+        old = self.cap
+        while self.cap < n_rows:
+            self.cap *= 2
+        for s in self.specs.values():
+            if s.kind == GLOBAL:
+                continue
+            arr = self.arrays[s.name]
+            new = self._alloc(s)
+            if s.kind == SQUARE:
+                new[:old, :old] = arr
+            else:
+                new[:old] = arr
+            self.arrays[s.name] = new
+
+    def clear_rows(self, rows: np.ndarray) -> None:
+        """Reset rows to their fill values (a row given back to the free list)."""
+        for s in self.specs.values():
+            if s.kind == ROW:
+                self.arrays[s.name][rows] = s.fill
 
 
 class IdMap:
@@ -97,7 +112,7 @@ class IdMap:
     def __init__(self):
         self.index: dict[str, int] = {}
         self.ids: list = []  # row -> id, None for a free row
-        self.free: list[int] = []  # freed rows, kept sorted descending (pop gives the lowest)
+        self.free: list[int] = []  # freed rows, a min-heap (the lowest is reused first)
         self.created = 0  # ids first met by ``rows`` (not re-added from a checkpoint)
 
     def __len__(self) -> int:
@@ -130,7 +145,7 @@ class IdMap:
         r = self.index.get(ext)
         if r is None:
             if self.free:
-                r = self.free.pop()
+                r = heapq.heappop(self.free)
                 self.ids[r] = ext
             else:
                 r = len(self.ids)
@@ -141,8 +156,7 @@ class IdMap:
     def remove(self, ext: str) -> int:
         r = self.index.pop(ext)
         self.ids[r] = None
-        self.free.append(r)
-        self.free.sort(reverse=True)
+        heapq.heappush(self.free, r)
         return r
 
 
@@ -157,16 +171,15 @@ class PairSet:
         self.table = pairset_grow(self.table, self.count, incoming)
 
 
-
 class History:
     """The int32 pool behind per-user histories (``kernels.history``); the per-user
-    offset, length and capacity are the shard's USER arrays ``hist.off/len/cap``."""
+    offset, length and capacity are the user side's arrays ``hist.off/len/cap``."""
 
     def __init__(self, capacity: int = 1 << 16):
         self.pool = np.zeros(capacity, dtype=np.int32)
         self.used = 0
 
-    def reserve(self, users: np.ndarray, counts: np.ndarray, arrays: "StateArrays") -> None:
+    def reserve(self, users: np.ndarray, counts: np.ndarray, arrays: StateArrays) -> None:
         """Make room for ``counts[t]`` more items of ``users[t]`` (distinct user rows)."""
         off, length, cap = arrays["hist.off"], arrays["hist.len"], arrays["hist.cap"]
         new_cap = history_relocations(users, length[users] + counts, cap)
@@ -191,6 +204,168 @@ class History:
                 self.pool = grown
         self.used = int(history_move(users, new_cap, off, length, cap, self.pool, self.used))
 
-    def items(self, u: int, arrays: "StateArrays") -> np.ndarray:
+    def items(self, u: int, arrays: StateArrays) -> np.ndarray:
         o, n = int(arrays["hist.off"][u]), int(arrays["hist.len"][u])
         return self.pool[o : o + n].copy()
+
+
+def user_core_specs(recent: int) -> list[ArraySpec]:
+    return [
+        ArraySpec("uev", ROW, (), "int64"),
+        ArraySpec("recent", ROW, (recent,), "int32", fill=-1),
+        ArraySpec("rng", GLOBAL, (1,), "uint64"),
+        # the history's layout in its pool and the changed rows: rebuilt, not stored
+        ArraySpec("hist.off", ROW, (), "int64", stored=False),
+        ArraySpec("hist.len", ROW, (), "int64", stored=False),
+        ArraySpec("hist.cap", ROW, (), "int64", stored=False),
+        ArraySpec("dirty", ROW, (), "uint8", stored=False),
+        ArraySpec("last_ts", ROW, (), "float64", stored=False),  # the user's latest event time (expiry)
+    ]
+
+
+def item_core_specs() -> list[ArraySpec]:
+    return [
+        ArraySpec("active", ROW, (), "uint8", fill=1),
+        ArraySpec("pop", ROW, (), "float64"),
+        ArraySpec("pop_meta", GLOBAL, (4,), "float64"),
+        ArraySpec("iev", ROW, (), "int64"),
+        # derived: the catalog extent, the popularity order, the id hashes, the seed
+        ArraySpec("n", GLOBAL, (1,), "int64", stored=False),
+        ArraySpec("pop.order", ROW, (), "int32", stored=False),
+        ArraySpec("pop.rank", ROW, (), "int32", stored=False),
+        ArraySpec("key", ROW, (), "uint64", stored=False),
+        ArraySpec("seed", GLOBAL, (1,), "uint64", stored=False),
+        ArraySpec("dirty", ROW, (), "uint8", stored=False),
+        # evaluation bookkeeping (not model state): first event that recommended an item
+        ArraySpec("book.first_rec", ROW, (), "int64", fill=-1, stored=False),
+    ]
+
+
+class UserState:
+    """The user side of a shard (see the module docstring)."""
+
+    def __init__(self, specs: list[ArraySpec], recent: int, rng_state: int):
+        self.ids = IdMap()
+        self.arrays = StateArrays(user_core_specs(max(recent, 1)) + list(specs))
+        self.seen = PairSet()
+        self.history = History()
+        self.arrays["rng"][0] = np.uint64(rng_state & 0xFFFFFFFFFFFFFFFF)
+        self.total = 0  # distinct users met (in memory or stored)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        created = self.ids.created
+        U, _ = self.ids.rows(ids)
+        self.total += self.ids.created - created
+        self.arrays.ensure(len(self.ids))
+        return U
+
+    def reserve(self, U: np.ndarray) -> None:
+        """Room for one more interaction per event of ``U`` (seen set and histories)."""
+        self.seen.reserve(len(U))
+        users, counts = np.unique(U, return_counts=True)
+        self.history.reserve(users, counts, self.arrays)
+
+    def kernel(self) -> UserK:
+        a = self.arrays
+        return UserK(a["uev"], a["recent"], a["hist.off"], a["hist.len"], self.history.pool, self.seen.table,
+                     self.seen.count, a["rng"], a["dirty"])
+
+    def items_of(self, row: int) -> np.ndarray:
+        return self.history.items(row, self.arrays)
+
+    def restore_row(self, ext: str, values: list, hist: np.ndarray) -> int:
+        """Put a user back (from a checkpoint): stored row values in ``arrays.stored(ROW)``
+        order and the history; returns the row."""
+        row = self.ids.add(ext)
+        a = self.arrays
+        a.ensure(len(self.ids))
+        for spec, v in zip(a.stored(ROW), values):
+            a[spec.name][row] = v
+        h = len(hist)
+        self.history.reserve(np.array([row]), np.array([h]), a)
+        o = int(a["hist.off"][row])
+        self.history.pool[o : o + h] = hist
+        a["hist.len"][row] = h
+        self.seen.reserve(h)
+        pairset_add_many(self.seen.table, self.seen.count, row, np.ascontiguousarray(hist))
+        return row
+
+    def evict(self, rows: np.ndarray) -> None:
+        """Drop users from memory (their state is stored): ids, rows, seen pairs."""
+        if not len(rows):
+            return
+        drop = np.zeros(self.arrays.cap, dtype=np.uint8)
+        drop[rows] = 1
+        old = self.seen.table
+        new = pairset_new(len(old))
+        self.seen.count[0] = 0
+        pairset_rebuild_without(new, self.seen.count, old, drop)
+        self.seen.table = new
+        ids = self.ids.ids
+        for row in rows:
+            self.ids.remove(ids[row])
+        self.arrays.clear_rows(rows)
+
+
+def _rate(half_life_days: float) -> float:
+    return 0.0 if math.isinf(half_life_days) else math.log(2.0) / (half_life_days * 86400.0)
+
+
+class ItemState:
+    """The item side (see the module docstring)."""
+
+    def __init__(self, specs: list[ArraySpec], half_life_days: float, seed: int):
+        self.ids = IdMap()
+        self.arrays = StateArrays(item_core_specs() + list(specs))
+        self.arrays["pop_meta"][1] = _rate(half_life_days)
+        self.arrays["seed"][0] = np.uint64(mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n(self) -> int:
+        """The catalog extent: rows below it are items the stream has seen."""
+        return int(self.arrays["n"][0])
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        I, first_new = self.ids.rows(ids)
+        if len(self.ids) > first_new:
+            self._new_rows(first_new)
+        return I, first_new
+
+    def add(self, ext: str) -> int:
+        n = len(self.ids)
+        row = self.ids.add(ext)
+        if len(self.ids) > n:
+            self._new_rows(n)
+        return row
+
+    def _new_rows(self, first: int) -> None:
+        self.arrays.ensure(len(self.ids))
+        key = self.arrays["key"]
+        ids = self.ids.ids
+        for r in range(first, len(ids)):
+            key[r] = np.uint64(stable_hash64(ids[r]))
+
+    def extend(self, row: int) -> None:
+        """Make ``row`` part of the catalog (as ``kernels.core.extend_catalog``)."""
+        a = self.arrays
+        n = self.n
+        if row >= n:
+            a["pop.order"][n : row + 1] = np.arange(n, row + 1)
+            a["pop.rank"][n : row + 1] = np.arange(n, row + 1)
+            a["n"][0] = row + 1
+
+    def resort(self) -> None:
+        """Rebuild the popularity order (after a restore)."""
+        a = self.arrays
+        _resort(a["pop"], self.n, a["pop.order"], a["pop.rank"])
+
+    def kernel(self) -> ItemK:
+        a = self.arrays
+        return ItemK(a["n"], a["active"], a["pop"], a["pop_meta"], a["pop.order"], a["pop.rank"], a["iev"], a["dirty"],
+                     a["key"], a["seed"])

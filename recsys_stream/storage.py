@@ -38,7 +38,7 @@ from typing import Iterator
 import lmdb
 import orjson
 
-FORMAT = 1
+FORMAT = 2
 # Generations kept restorable: Bytewax commits an epoch after its snapshots are written
 # and inputs wait for that commit, so it resumes from the newest generation or the one
 # before. A restore older than what is kept is refused (``FLOOR``): never served from a

@@ -43,7 +43,8 @@ def backed(path, model, **kw) -> tuple[Shard, Store]:
 def restored(st: Store, model, gen: int, fallback=False, **kw) -> Shard:
     sh = Shard(0, settings(model, **kw))
     sh.checkpointer = Checkpointer(sh, st, fallback=fallback)
-    sh.restore_emission(sh.checkpointer.restore(gen))
+    emit = sh.checkpointer.restore(gen)  # a fallback resets the shard: then take its filter
+    sh.filter.restore(emit)
     return sh
 
 
@@ -52,13 +53,13 @@ def test_restore_and_continue_equals_the_uninterrupted_run(tmp_path, log, model)
     half = len(log) // 2
     a, sa = backed(tmp_path / "a", model)
     run(a, log, step=1000)
-    ga = a.checkpointer.snapshot(a.emission_state())
+    ga = a.checkpointer.snapshot(a.filter.snapshot())
     b, sb = backed(tmp_path / "b", model)
     run(b, log.slice(0, half), step=333)  # other batch boundaries
-    g1 = b.checkpointer.snapshot(b.emission_state())
+    g1 = b.checkpointer.snapshot(b.filter.snapshot())
     c = restored(sb, model, g1)  # a new process: users come back lazily
     run(c, log.slice(half, len(log)), step=500)
-    gc = c.checkpointer.snapshot(c.emission_state())
+    gc = c.checkpointer.snapshot(c.filter.snapshot())
     da, counts = digest(sa, {0: ga})
     dc, _ = digest(sb, {0: gc})
     assert counts["users"] == len(set(log.user)) and counts["items"] == len(set(log.item))
@@ -73,7 +74,7 @@ def test_rollback_to_the_generation_bytewax_committed(tmp_path, log):
     gens, digests = [], []
     for part in range(3):
         run(sh, log.slice(part * 2000, (part + 1) * 2000))
-        gens.append(sh.checkpointer.snapshot(sh.emission_state()))
+        gens.append(sh.checkpointer.snapshot(sh.filter.snapshot()))
         digests.append(digest(st, {0: gens[-1]})[0])
     assert gens == [1, 2, 3] and len(set(digests)) == 3
     # the worker died after LMDB committed generation 3, before Bytewax committed its epoch
@@ -82,7 +83,7 @@ def test_rollback_to_the_generation_bytewax_committed(tmp_path, log):
     assert digest(st, {0: 2})[0] == digests[1]
     # and goes on from there exactly as before
     run(r, log.slice(4000, 6000))
-    assert digest(st, {0: r.checkpointer.snapshot(r.emission_state())})[0] == digests[2]
+    assert digest(st, {0: r.checkpointer.snapshot(r.filter.snapshot())})[0] == digests[2]
 
 
 def _corrupt_one_user_record(path: str, gen: int) -> bytes:
@@ -105,9 +106,9 @@ def _corrupt_one_user_record(path: str, gen: int) -> bytes:
 def test_flipped_bytes_are_refused_or_fall_back_loudly(tmp_path, log, caplog):
     sh, st = backed(tmp_path / "s", "mf")
     run(sh, log.slice(0, 3000))
-    sh.checkpointer.snapshot(sh.emission_state())
+    sh.checkpointer.snapshot(sh.filter.snapshot())
     run(sh, log.slice(3000, 6000))
-    g2 = sh.checkpointer.snapshot(sh.emission_state())
+    g2 = sh.checkpointer.snapshot(sh.filter.snapshot())
     st.close()
     _corrupt_one_user_record(str(tmp_path / "s"), g2)
     st = Store(str(tmp_path / "s"))
@@ -116,7 +117,7 @@ def test_flipped_bytes_are_refused_or_fall_back_loudly(tmp_path, log, caplog):
     # told to, it resumes from generation 1 and says the events between are skipped
     r = restored(st, "mf", g2, fallback=True)
     assert "CHECKPOINT FALLBACK" in caplog.text and "SKIPPED" in caplog.text
-    assert r.applied == {-1: 2999}
+    assert r.filter.applied == {-1: 2999}
 
 
 def test_record_checks():
@@ -133,7 +134,7 @@ def test_record_checks():
 def test_truncated_lmdb_file_is_refused(tmp_path, log):
     sh, st = backed(tmp_path / "s", "itemknn")
     run(sh, log)
-    sh.checkpointer.snapshot(sh.emission_state())
+    sh.checkpointer.snapshot(sh.filter.snapshot())
     st.close()
     data = tmp_path / "s" / "data.mdb"
     with open(data, "r+b") as f:
@@ -146,7 +147,7 @@ def test_truncated_lmdb_file_is_refused(tmp_path, log):
 def test_other_settings_are_refused(tmp_path, log):
     sh, st = backed(tmp_path / "s", "mf")
     run(sh, log.slice(0, 1000))
-    g = sh.checkpointer.snapshot(sh.emission_state())
+    g = sh.checkpointer.snapshot(sh.filter.snapshot())
     other = Shard(0, ShardSettings(model="mf", params=model_params("mf", dim=8), seed=7))
     other.checkpointer = Checkpointer(other, st)
     with pytest.raises(CheckpointError, match="written with params=.*this job runs"):
@@ -158,10 +159,10 @@ def test_full_map_is_a_clean_error_and_keeps_the_last_generation(tmp_path, log):
     sh = Shard(0, settings("ftrl"))  # 2**20 hashed weights: megabytes once they are all touched
     sh.checkpointer = Checkpointer(sh, st)
     run(sh, log.slice(0, 20))
-    g1 = sh.checkpointer.snapshot(sh.emission_state())
+    g1 = sh.checkpointer.snapshot(sh.filter.snapshot())
     run(sh, log.slice(20, 6000))
     with pytest.raises(CheckpointError, match="map is full"):
-        sh.checkpointer.snapshot(sh.emission_state())
+        sh.checkpointer.snapshot(sh.filter.snapshot())
     assert st.head(0) == g1 and st.verify_generation(0, g1).gen == g1
 
 
@@ -176,21 +177,21 @@ def test_expired_users_come_back_with_exactly_their_state(tmp_path):
                                 np.full(len(rows), -1), np.arange(len(rows)))
     sh, st = backed(tmp_path / "s", "implicit", ttl_s=5)  # a TTL of five seconds
     run(sh, b.slice(0, len(first)))
-    before = {u: sh.arrays["imp.P"][sh.users.get(u)].copy() for u in (f"u{j}" for j in range(20))}
-    hist = {u: sh.history.items(sh.users.get(u), sh.arrays).tolist() for u in before}
+    before = {u: sh.users.arrays["imp.P"][sh.users.ids.get(u)].copy() for u in (f"u{j}" for j in range(20))}
+    hist = {u: sh.users.items_of(sh.users.ids.get(u)).tolist() for u in before}
     run(sh, b.slice(len(first), len(rows)))
-    sh.checkpointer.snapshot(sh.emission_state())
+    sh.checkpointer.snapshot(sh.filter.snapshot())
     assert sh.checkpointer.evict_idle(5) == 20
-    assert sh.users.live() == 20 and all(sh.users.get(u) < 0 for u in before)
+    assert sh.users.ids.live() == 20 and all(sh.users.ids.get(u) < 0 for u in before)
     # memory is reused: a new user takes a freed row
     back = EventBatch.from_columns(["u3"], ["i29"], [t0 + 70], [0], [4.0], [len(rows)], [-1], [len(rows)])
     loaded, _ = sh.admit(back)
-    row = sh.users.get("u3")
+    row = sh.users.ids.get("u3")
     assert row >= 0
-    np.testing.assert_array_equal(sh.arrays["imp.P"][row], before["u3"])
-    assert sh.history.items(row, sh.arrays).tolist() == hist["u3"]
+    np.testing.assert_array_equal(sh.users.arrays["imp.P"][row], before["u3"])
+    assert sh.users.items_of(row).tolist() == hist["u3"]
     sh.process(loaded)
-    assert sh.arrays["uev"][row] == 7
+    assert sh.users.arrays["uev"][row] == 7
 
 
 def test_frequency_filter_admits_a_user_at_the_nth_event(tmp_path):
@@ -202,7 +203,7 @@ def test_frequency_filter_admits_a_user_at_the_nth_event(tmp_path):
     assert held == 5  # a: 2 held, b: 2, c: 1
     assert list(kept.user) == ["a", "a"]  # a's 3rd and 4th events
     sh.process(kept)
-    assert sh.users.get("b") < 0 and sh.admission == {"b": 2, "c": 1}
+    assert sh.users.ids.get("b") < 0 and sh.filter.waiting == {"b": 2, "c": 1}
 
 
 def test_no_snapshot_means_leftovers_are_dropped(tmp_path, log):
@@ -211,7 +212,7 @@ def test_no_snapshot_means_leftovers_are_dropped(tmp_path, log):
     path = str(tmp_path / "s")
     sh, st = backed(path, "pop")
     run(sh, log.slice(0, 500))
-    sh.checkpointer.snapshot(sh.emission_state())
+    sh.checkpointer.snapshot(sh.filter.snapshot())
     st.close()
     fs = FlowSettings(shard=settings("pop"), checkpoint=CheckpointSettings(path))
     logic = ShardLogic(fs, None, None, __import__("recsys_stream.obs", fromlist=["NullMetrics"]).NullMetrics())

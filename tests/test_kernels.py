@@ -47,12 +47,12 @@ def test_mf_matches_reference(adagrad):
     rpred, rpos, m = ref.run_mf(ev, params, K, core_for(s), rank=True)
     np.testing.assert_allclose(pred, rpred, rtol=1e-5, atol=1e-6)
     assert pos.tolist() == rpos
-    a = sh.arrays
+    ua, ia = sh.users.arrays, sh.items.arrays
     n_u, n_i = len(sh.users), len(sh.items)
-    np.testing.assert_allclose(a["mf.P"][:n_u], m.P, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(a["mf.Q"][:n_i], m.Q, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(a["mf.bu"][:n_u], m.bu, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(a["mf.bi"][:n_i], m.bi, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ua["mf.P"][:n_u], m.P, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ia["mf.Q"][:n_i], m.Q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ua["mf.bu"][:n_u], m.bu, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ia["mf.bi"][:n_i], m.bi, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("isgd", [False, True])
@@ -63,9 +63,9 @@ def test_implicit_matches_reference(isgd):
     sh, _pred, pos = run_shard(s, batch)
     rpos, P, Q, b = ref.run_implicit(ev, params, K, core_for(s))
     assert pos.tolist() == rpos
-    np.testing.assert_allclose(sh.arrays["imp.P"][: len(sh.users)], P, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(sh.arrays["imp.Q"][: len(sh.items)], Q, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(sh.arrays["imp.b"][: len(sh.items)], b, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sh.users.arrays["imp.P"][: len(sh.users)], P, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sh.items.arrays["imp.Q"][: len(sh.items)], Q, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sh.items.arrays["imp.b"][: len(sh.items)], b, rtol=1e-6, atol=1e-9)
 
 
 def test_itemknn_matches_reference():
@@ -76,8 +76,8 @@ def test_itemknn_matches_reference():
     rpos, C, n = ref.run_itemknn(ev, params, K, core_for(s))
     assert pos.tolist() == rpos
     n_i = len(sh.items)
-    np.testing.assert_array_equal(sh.arrays["knn.C"][:n_i, :n_i], C)
-    np.testing.assert_array_equal(sh.arrays["knn.n"][:n_i], n)
+    np.testing.assert_array_equal(sh.items.arrays["knn.C"][:n_i, :n_i], C)
+    np.testing.assert_array_equal(sh.items.arrays["knn.n"][:n_i], n)
 
 
 @pytest.mark.parametrize("half_life", [math.inf, 0.05])
@@ -87,7 +87,7 @@ def test_pop_matches_reference(half_life):
     sh, _pred, pos = run_shard(s, batch)
     core = core_for(s)
     assert pos.tolist() == ref.run_pop(ev, K, core)
-    a = sh.arrays
+    a = sh.items.arrays
     scores = core.pop_scores()
     np.testing.assert_allclose(a["pop"][: len(scores)], scores, rtol=1e-9)
 
@@ -103,12 +103,12 @@ def test_ftrl_matches_reference_with_lazy_weights_and_l1_zeros(overrides):
     sh, pred, _pos = run_shard(s, batch)
     labels = [1.0 if e[2] >= 4 else 0.0 for e in ev]
     n_u, n_i = len(sh.users), len(sh.items)
-    ufeat = [[stable_hash64(f"u={sh.users.ids[u]}")] for u in range(n_u)]
-    ifeat = [[stable_hash64(f"i={sh.items.ids[i]}")] for i in range(n_i)]
+    ufeat = [[stable_hash64(f"u={sh.users.ids.ids[u]}")] for u in range(n_u)]
+    ifeat = [[stable_hash64(f"i={sh.items.ids.ids[i]}")] for i in range(n_i)]
     events = [(e[0], e[1], y, e[2]) for e, y in zip(ev, labels)]
     rpred, m = ref.run_ftrl(events, params, ufeat, ifeat, [[]] * len(ev))
     np.testing.assert_allclose(pred, rpred, rtol=1e-5, atol=1e-7)
-    z, n = sh.arrays["ftrl.z"], sh.arrays["ftrl.n"]
+    z, n = sh.items.arrays["ftrl.z"], sh.items.arrays["ftrl.n"]
     for c, zc in m.z.items():
         assert z[c] == pytest.approx(zc, rel=1e-9, abs=1e-12)
         assert n[c] == pytest.approx(m.n[c], rel=1e-9, abs=1e-12)
@@ -133,7 +133,7 @@ def test_ftrl_features_cross_side_features():
     hashes = ref.like_feature_hashes(uf, itf, [])
     assert len(hashes) == 1 + 3 + 3 + (3 * 3 - 1)
     stats = [ref.USER_RATE_HASH, ref.ITEM_RATE_HASH, ref.USER_VALUE_HASH, ref.ITEM_VALUE_HASH]
-    touched = set(np.flatnonzero(sh.arrays["ftrl.n"]).tolist())
+    touched = set(np.flatnonzero(sh.items.arrays["ftrl.n"]).tolist())
     mask = (1 << 14) - 1
     # every one-hot feature got a gradient; statistics only where they were not exactly 0
     assert {h & mask for h in hashes} <= touched <= {h & mask for h in hashes + stats}
@@ -164,9 +164,11 @@ def test_histories_hold_each_users_distinct_items_in_order():
         if i not in want.setdefault(u, []):
             want[u].append(i)
     for u, items in want.items():
-        assert sh.history.items(u, sh.arrays).tolist() == items
+        assert sh.users.items_of(u).tolist() == items
     # the exclusion scratch is left clean
-    assert not sh.arrays["scratch.excl"].any()
+    from recsys_stream import scratch
+
+    assert not scratch.array("excl", 1, np.uint8).any()
 
 
 def test_int8_scores_close_to_float_and_match_reference_quantisation():

@@ -1,34 +1,34 @@
-"""Popularity baseline model: rank the catalog by recency-decayed popularity."""
+"""Popularity baseline: rank by recency-decayed popularity (``popularity``).
+
+Its state is the item side's shared popularity, so the model tuple holds nothing but
+what ``driver`` dispatches on. Steps: ``rank`` and ``recommend`` (the popularity order,
+the user's items excluded); it learns nothing beyond ``observe``.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections import namedtuple
+
 from numba import njit
 
-from .core import PEEK, RANK, WANT_LIST, observe, user_pop_topk
+from .core import user_pop_topk
+from .driver import register_steps
 from .popularity import pop_now
-from .topk import position_in
+
+PopK = namedtuple("PopK", ["hp"])
 
 
-@njit(cache=True, nogil=True)
-def pop_batch(U, I, T, F, k, core, out, scores):
-    """Prequential popularity baseline: rank by decayed popularity, then count the event."""
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
-    sc_tmp = np.empty(k, dtype=np.float64)
-    for e in range(U.shape[0]):
-        u = U[e]
-        i = I[e]
-        f = F[e]
-        if f & RANK:
-            n_cat = dims[1]
-            c = user_pop_topk(u, core, n_cat, k, topk_out[e], sc_tmp)
-            pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
-        if not (f & PEEK):
-            observe(core, u, i, T[e], 1.0)
-        if f & WANT_LIST:
-            user_pop_topk(u, core, dims[1], k, lst_out[e], sc_tmp)
-            for r in range(k):
-                lst_sc_out[e, r] = pop_now(pop, pop_meta, lst_out[e, r], T[e]) if lst_out[e, r] >= 0 else 0.0
-    return -1
+@njit(cache=True)
+def pop_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    return user_pop_topk(b.U[e], us, it, sc, k, out_idx, out_sc)
+
+
+@njit(cache=True)
+def pop_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    c = user_pop_topk(u, us, it, sc, k, out_idx, out_sc)
+    for r in range(k):
+        out_sc[r] = pop_now(it.pop, it.pop_meta, out_idx[r], t) if out_idx[r] >= 0 else 0.0
+    return c
+
+
+register_steps(PopK, rank=pop_rank, recommend=pop_recommend)

@@ -16,33 +16,41 @@ L1 gives exact zeros. Features are 64-bit hashes folded into ``2**bits`` buckets
 The like-model's row for (user u, item j):
 
 - one-hot hashed features: a bias; the user's (id, age bucket, gender, occupation, ...);
-  the item's (id, genres, ...); the event's context; with ``HP_CROSSES``, every user
-  feature x item feature cross except id x id. With ``HP_NORMALIZE`` their value is
+  the item's (id, genres, ...); the event's context; with ``crosses``, every user
+  feature x item feature cross except id x id. With ``normalize`` their value is
   ``1/sqrt(count)`` (a unit-norm row, so the step does not grow with the row's size).
-- with ``HP_STATS``, four real-valued online statistics of the stream so far (counting
+- with ``stats``, four real-valued online statistics of the stream so far (counting
   features, as CTR models keep), each shrunk towards the global value by
-  ``HP_STATS_PRIOR`` pseudo-events: the logit of the user's and of the item's like rate;
+  ``stats_prior`` pseudo-events: the logit of the user's and of the item's like rate;
   the item's mean value (rating) minus the global mean; and the user's mean deviation
   from the mean value of the items they chose (a baseline user bias).
 
-``stats`` is ``(user likes, user events, item likes, item events, glob, user deviation
-sum, item value sum)`` with ``glob = [likes, events, value sum]``.
+The statistics are the user's likes/events/deviation sum, the item's likes/events/value
+sum and ``glob = [likes, events, value sum]``.
+
+Steps (``driver``): ``prep`` builds the event's row and predicts once; ``predict``,
+``learn_pre`` (before ``observe``), ``rank`` and ``recommend`` (p(like) of every item for
+the user and the event's context).
 """
 
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from .common import hash_combine, sigmoid
-from .core import EVALUATE, LEARN, PEEK, RANK, WANT_LIST, observe, user_topk
-from .topk import position_in
+from .core import user_topk
+from .driver import register_steps
 
-HP_ALPHA, HP_BETA, HP_L1, HP_L2, HP_CROSSES, HP_NORMALIZE, HP_STATS, HP_STATS_PRIOR = range(8)
-HP_SIZE = 8
+FTRLHP = namedtuple("FTRLHP", ["alpha", "beta", "l1", "l2", "crosses", "normalize", "stats", "stats_prior"])
 N_STATS = 4
+# tmp: [number of features of the current event's row, its probability] (set by prep);
+# idx/val/w: that row (see ``like_features``) and its lazy weights
+FTRLK = namedtuple("FTRLK", ["feat_u", "nfeat_u", "ulikes", "uevents", "udev", "feat_i", "nfeat_i", "ilikes", "ievents",
+                             "ivalues", "z", "n", "zdirty", "glob", "hp", "idx", "val", "w", "tmp", "noctx"])
 
 _BIAS_HASH = np.uint64(0x5BD1E9955BD1E995)
 _USER_RATE_HASH = np.uint64(0x2545F4914F6CDD1D)
@@ -70,10 +78,10 @@ def ftrl_weight(z, n, c, alpha, beta, l1, l2):
 @njit(cache=True)
 def ftrl_predict(idx, val, nnz, z, n, hp, w):
     """Probability for the sparse row ``(idx, val)[:nnz]``; lazy weights land in ``w``."""
-    alpha = hp[HP_ALPHA]
-    beta = hp[HP_BETA]
-    l1 = hp[HP_L1]
-    l2 = hp[HP_L2]
+    alpha = hp.alpha
+    beta = hp.beta
+    l1 = hp.l1
+    l2 = hp.l2
     s = 0.0
     for t in range(nnz):
         wt = ftrl_weight(z, n, idx[t], alpha, beta, l1, l2)
@@ -96,7 +104,7 @@ def ftrl_update(idx, val, nnz, w, p, y, z, n, hp, dirty):
     A coordinate repeated in the row gets its gradient once per occurrence, as if the
     row were given with that coordinate's values summed.
     """
-    alpha = hp[HP_ALPHA]
+    alpha = hp.alpha
     for t in range(nnz):
         c = idx[t]
         g = (p - y) * val[t]
@@ -107,117 +115,131 @@ def ftrl_update(idx, val, nnz, w, p, y, z, n, hp, dirty):
 
 
 @njit(cache=True)
-def like_features(u, j, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, hp, stats, idx, val):
-    """Feature row of (user row u, item row j) plus context hashes ``ctx_h[c0:c1]`` (see the
-    module docstring); returns the number of entries written to ``idx``/``val``."""
-    m = 0
-    idx[m] = np.int64(_BIAS_HASH & mask)
-    m += 1
-    nu = nuf[u]
-    ni = nif[j]
+def like_features(m, u, j, ctx_hash, c0, c1, mask, idx, val):
+    """Feature row of (user row u, item row j) plus the context hashes ``ctx_hash[c0:c1]``
+    (see the module docstring); returns the number of entries written to ``idx``/``val``."""
+    hp = m.hp
+    ufeat, ifeat = m.feat_u, m.feat_i
+    mm = 0
+    idx[mm] = np.int64(_BIAS_HASH & mask)
+    mm += 1
+    nu = m.nfeat_u[u]
+    ni = m.nfeat_i[j]
     for a in range(nu):
-        idx[m] = np.int64(ufeat[u, a] & mask)
-        m += 1
-    for b in range(ni):
-        idx[m] = np.int64(ifeat[j, b] & mask)
-        m += 1
+        idx[mm] = np.int64(ufeat[u, a] & mask)
+        mm += 1
+    for bb in range(ni):
+        idx[mm] = np.int64(ifeat[j, bb] & mask)
+        mm += 1
     for c in range(c0, c1):
-        idx[m] = np.int64(ctx_h[c] & mask)
-        m += 1
-    if hp[HP_CROSSES] != 0.0:
+        idx[mm] = np.int64(ctx_hash[c] & mask)
+        mm += 1
+    if hp.crosses:
         for a in range(nu):
-            for b in range(ni):
-                if a == 0 and b == 0:
+            for bb in range(ni):
+                if a == 0 and bb == 0:
                     continue  # user id x item id: too sparse to generalise
-                idx[m] = np.int64(hash_combine(ufeat[u, a], ifeat[j, b]) & mask)
-                m += 1
-    v = 1.0 / math.sqrt(m) if hp[HP_NORMALIZE] != 0.0 else 1.0
-    for t in range(m):
+                idx[mm] = np.int64(hash_combine(ufeat[u, a], ifeat[j, bb]) & mask)
+                mm += 1
+    v = 1.0 / math.sqrt(mm) if hp.normalize else 1.0
+    for t in range(mm):
         val[t] = v
-    if hp[HP_STATS] != 0.0:
-        ul, un, il, inn, glob, udev, ival = stats
-        prior = hp[HP_STATS_PRIOR]
+    if hp.stats:
+        glob = m.glob
+        prior = hp.stats_prior
         p0 = (glob[0] + 1.0) / (glob[1] + 2.0)
         v0 = glob[2] / glob[1] if glob[1] > 0.0 else 0.0
-        idx[m] = np.int64(_USER_RATE_HASH & mask)
-        val[m] = _logit_rate(ul[u], un[u], p0, prior)
-        idx[m + 1] = np.int64(_ITEM_RATE_HASH & mask)
-        val[m + 1] = _logit_rate(il[j], inn[j], p0, prior)
-        idx[m + 2] = np.int64(_USER_VALUE_HASH & mask)
-        val[m + 2] = udev[u] / (un[u] + prior)
-        idx[m + 3] = np.int64(_ITEM_VALUE_HASH & mask)
-        val[m + 3] = (ival[j] + prior * v0) / (inn[j] + prior) - v0
-        m += N_STATS
-    return m
+        un = m.uevents[u]
+        inn = m.ievents[j]
+        idx[mm] = np.int64(_USER_RATE_HASH & mask)
+        val[mm] = _logit_rate(m.ulikes[u], un, p0, prior)
+        idx[mm + 1] = np.int64(_ITEM_RATE_HASH & mask)
+        val[mm + 1] = _logit_rate(m.ilikes[j], inn, p0, prior)
+        idx[mm + 2] = np.int64(_USER_VALUE_HASH & mask)
+        val[mm + 2] = m.udev[u] / (un + prior)
+        idx[mm + 3] = np.int64(_ITEM_VALUE_HASH & mask)
+        val[mm + 3] = (m.ivalues[j] + prior * v0) / (inn + prior) - v0
+        mm += N_STATS
+    return mm
+
+
+def row_capacity(max_user_features: int, max_item_features: int, max_context: int) -> int:
+    """The longest row ``like_features`` can write."""
+    return 1 + max_user_features + max_item_features + max_user_features * max_item_features + max_context + N_STATS
 
 
 @njit(cache=True, inline="always")
-def learn_stats(u, i, y, value, stats, prior):
+def learn_stats(m, u, i, y, value):
     """Count event (u, i) with like label y and value into the online statistics."""
-    ul, un, il, inn, glob, udev, ival = stats
+    glob = m.glob
+    prior = m.hp.stats_prior
     v0 = glob[2] / glob[1] if glob[1] > 0.0 else value
-    udev[u] += value - (ival[i] + prior * v0) / (inn[i] + prior)
-    ival[i] += value
-    ul[u] += y
-    un[u] += 1.0
-    il[i] += y
-    inn[i] += 1.0
+    m.udev[u] += value - (m.ivalues[i] + prior * v0) / (m.ievents[i] + prior)
+    m.ivalues[i] += value
+    m.ulikes[u] += y
+    m.uevents[u] += 1.0
+    m.ilikes[i] += y
+    m.ievents[i] += 1.0
     glob[0] += y
     glob[1] += 1.0
     glob[2] += value
 
 
 @njit(cache=True)
-def _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats, n_cat, idx, val, w, scores):
+def _like_scores(m, u, ctx_hash, c0, c1, n_cat, scores):
+    mask = np.uint64(m.z.shape[0] - 1)
     for j in range(n_cat):
-        m = like_features(u, j, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, hp, stats, idx, val)
-        scores[j] = ftrl_predict(idx, val, m, z, n, hp, w)
+        mm = like_features(m, u, j, ctx_hash, c0, c1, mask, m.idx, m.val)
+        scores[j] = ftrl_predict(m.idx, m.val, mm, m.z, m.n, m.hp, m.w)
 
 
-@njit(cache=True, nogil=True)
-def ftrl_batch(U, I, Y, V, T, F, k, ufeat, nuf, ifeat, nif, ctx_ptr, ctx_h, z, n, zdirty, hp, stats, core, out, scores):
-    """Prequential like-model: predict p(like), rank if asked, then learn from label Y."""
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
-    mask = np.uint64(z.shape[0] - 1)
-    cap = 1 + ufeat.shape[1] + ifeat.shape[1] + ufeat.shape[1] * ifeat.shape[1]
-    maxctx = 0
-    for e in range(U.shape[0]):
-        if ctx_ptr[e + 1] - ctx_ptr[e] > maxctx:
-            maxctx = ctx_ptr[e + 1] - ctx_ptr[e]
-    cap += maxctx + N_STATS
-    idx = np.empty(cap, dtype=np.int64)
-    val = np.empty(cap, dtype=np.float64)
-    w = np.empty(cap, dtype=np.float64)
-    sc_tmp = np.empty(k, dtype=np.float64)
-    for e in range(U.shape[0]):
-        u = U[e]
-        i = I[e]
-        f = F[e]
-        c0 = ctx_ptr[e]
-        c1 = ctx_ptr[e + 1]
-        if f & RANK:
-            n_cat = dims[1]
-            _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats, n_cat, idx, val, w, scores)
-            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
-            pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
-        m = like_features(u, i, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, hp, stats, idx, val)
-        p = ftrl_predict(idx, val, m, z, n, hp, w)
-        if f & EVALUATE:
-            pred_out[e] = p
-        if f & LEARN:
-            ftrl_update(idx, val, m, w, p, Y[e], z, n, hp, zdirty)
-            learn_stats(u, i, Y[e], V[e], stats, hp[HP_STATS_PRIOR])
-            for t in range(m):
-                c = idx[t]
-                if not (math.isfinite(z[c]) and math.isfinite(n[c])):
-                    return e
-        if not (f & PEEK):
-            observe(core, u, i, T[e], 1.0)
-        if f & WANT_LIST:
-            _like_scores(u, ufeat, nuf, ifeat, nif, ctx_h, c0, c1, mask, z, n, hp, stats, dims[1], idx, val, w, scores)
-            user_topk(scores, dims[1], u, core, k, lst_out[e], sc_tmp)
-            for r in range(k):
-                lst_sc_out[e, r] = sc_tmp[r]
-    return -1
+@njit(cache=True)
+def ftrl_prep(m, us, it, sc, b, e):
+    mask = np.uint64(m.z.shape[0] - 1)
+    mm = like_features(m, b.U[e], b.I[e], b.ctx_hash, b.ctx_ptr[e], b.ctx_ptr[e + 1], mask, m.idx, m.val)
+    m.tmp[0] = mm
+    m.tmp[1] = ftrl_predict(m.idx, m.val, mm, m.z, m.n, m.hp, m.w)
+
+
+@njit(cache=True)
+def ftrl_predict_step(m, us, it, sc, b, e):
+    return m.tmp[1]
+
+
+@njit(cache=True)
+def ftrl_learn(m, us, it, sc, b, e):
+    # the row and weights of prep are still current: ranking in between wrote only scratch
+    mm = int(m.tmp[0])
+    u = b.U[e]
+    i = b.I[e]
+    y = b.Y[e]
+    ftrl_update(m.idx, m.val, mm, m.w, m.tmp[1], y, m.z, m.n, m.hp, m.zdirty)
+    learn_stats(m, u, i, y, b.V[e])
+    for t in range(mm):
+        c = m.idx[t]
+        if not (math.isfinite(m.z[c]) and math.isfinite(m.n[c])):
+            return False
+    return True
+
+
+@njit(cache=True)
+def ftrl_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    u = b.U[e]
+    n_cat = it.n[0]
+    _like_scores(m, u, b.ctx_hash, b.ctx_ptr[e], b.ctx_ptr[e + 1], n_cat, sc.scores)
+    # scoring overwrote the event's row: build it again for predict and learn
+    ftrl_prep(m, us, it, sc, b, e)
+    return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+
+
+@njit(cache=True)
+def ftrl_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    # a list is for the user, not for the context of the event that triggered it: the
+    # same list ``recommend`` gives at the same version
+    n_cat = it.n[0]
+    _like_scores(m, u, m.noctx, 0, 0, n_cat, sc.scores)
+    return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+
+
+register_steps(FTRLK, prep=ftrl_prep, rank=ftrl_rank, predict=ftrl_predict_step, learn_pre=ftrl_learn,
+               recommend=ftrl_recommend)

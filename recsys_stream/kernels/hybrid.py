@@ -18,28 +18,41 @@ positive and ``n_neg`` candidates drawn uniformly from the non-chosen ones as ne
 (it models which candidate is chosen; a positive outside the candidates cannot be ranked
 and would only teach it that the sources do not matter); then the three base models
 learn from the event as they do alone.
+
+Steps (``driver``): ``prep`` gathers the candidates once per event (for ``rank`` and the
+re-ranker's learning); ``learn_pre`` (before ``observe``) trains the re-ranker and counts
+co-occurrences; ``learn_post`` (after it) trains the factor part, as ``implicit`` does;
+``recommend`` gathers and re-ranks again with the state after the event, the activity
+bucket included.
 """
 
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from .common import rng_below, sigmoid
-from .core import LEARN, PEEK, RANK, WANT_LIST, observe
-from .ftrl import HP_ALPHA, HP_BETA, HP_L1, HP_L2, ftrl_predict, ftrl_update, ftrl_weight
+from .driver import register_steps
+from .ftrl import ftrl_predict, ftrl_update, ftrl_weight
 from .history import mark_history
-from .popularity import pop_topk
 from .implicit import implicit_learn
+from .layout import LEARN, RANK
 from .itemknn import itemknn_learn, itemknn_scores
-from .topk import position_in, score_factors, topk_masked
+from .popularity import pop_topk
+from .topk import score_factors, topk_candidates, topk_masked
 
 N_FEAT = 7  # per activity bucket
 N_BUCKETS = 5
-HP_NCAND, HP_NNEG, HP_NCAND_MF, HP_NCAND_POP = range(4)
-HP_SIZE = 4
+HybridHP = namedtuple("HybridHP", ["candidates", "factor_candidates", "pop_candidates", "rerank_negatives"])
+# rr_z/rr_n: the re-ranker's FTRL accumulators; rr_hp its hyper-parameters (an FTRLHP).
+# Scratch: s_knn item-to-item scores; rank_* each candidate's rank in its source (-1: not
+# proposed by it; all -1 between events); cand/probs the union and its logits; tmp
+# [candidate count, best item-to-item score, best popularity, activity bucket] (prep).
+HybridK = namedtuple("HybridK", ["imp", "knn", "rr_z", "rr_n", "rr_hp", "hp", "s_knn", "rank_mf", "rank_knn",
+                                 "rank_pop", "cand", "probs", "top_idx", "top_sc", "idx", "val", "w", "zdirty", "tmp"])
 
 
 @njit(cache=True, inline="always")
@@ -56,175 +69,155 @@ def _bucket(n):
 
 
 @njit(cache=True)
-def _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket, idx, val):
+def _features(m, it, j, s_mf, knn_max, pop_max, bucket):
+    idx, val = m.idx, m.val
     base = bucket * N_FEAT
     for t in range(N_FEAT):
         idx[t] = base + t
     val[0] = 1.0
     val[1] = s_mf[j]
-    val[2] = s_knn[j] / knn_max if knn_max > 0.0 else 0.0
-    val[3] = pop[j] / pop_max if pop_max > 0.0 else 0.0
-    val[4] = 1.0 / (1.0 + rank_mf[j]) if rank_mf[j] >= 0 else 0.0
-    val[5] = 1.0 / (1.0 + rank_knn[j]) if rank_knn[j] >= 0 else 0.0
-    val[6] = 1.0 / (1.0 + rank_pop[j]) if rank_pop[j] >= 0 else 0.0
+    val[2] = m.s_knn[j] / knn_max if knn_max > 0.0 else 0.0
+    val[3] = it.pop[j] / pop_max if pop_max > 0.0 else 0.0
+    val[4] = 1.0 / (1.0 + m.rank_mf[j]) if m.rank_mf[j] >= 0 else 0.0
+    val[5] = 1.0 / (1.0 + m.rank_knn[j]) if m.rank_knn[j] >= 0 else 0.0
+    val[6] = 1.0 / (1.0 + m.rank_pop[j]) if m.rank_pop[j] >= 0 else 0.0
     return N_FEAT
 
 
 @njit(cache=True)
-def _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn, rank_mf, rank_knn, rank_pop,
-                cand, top_idx, top_sc):
-    """Union of the three sources' top lists into ``cand``; returns (count, knn_max, pop_max)."""
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    n_cat = dims[1]
-    score_factors(P[u], Q, b, n_cat, s_mf)
-    itemknn_scores(u, C, cnt, inv, knn_hp, core, s_knn)
-    mark_history(hoff, hlen, hpool, u, excl, 1)
-    m = 0
-    c = topk_masked(s_mf, n_cat, excl, active, n_mf, top_idx, top_sc)
+def _candidates(m, us, it, sc, u):
+    """Union of the three sources' top lists into ``m.cand``; sets ``m.tmp[0:3]``."""
+    hp = m.hp
+    n_cat = it.n[0]
+    imp = m.imp
+    s_mf = sc.scores
+    score_factors(imp.P[u], imp.Q, imp.b, n_cat, s_mf)
+    itemknn_scores(m.knn, us, it, u, m.s_knn)
+    excl = sc.excl
+    mark_history(us.hoff, us.hlen, us.hpool, u, excl, 1)
+    top_idx, top_sc, cand = m.top_idx, m.top_sc, m.cand
+    rank_mf, rank_knn, rank_pop = m.rank_mf, m.rank_knn, m.rank_pop
+    c = topk_masked(s_mf, n_cat, excl, it.active, hp.factor_candidates, top_idx, top_sc)
+    n = 0
     for r in range(c):
         j = top_idx[r]
         rank_mf[j] = r
-        cand[m] = j
-        m += 1
-    c = topk_masked(s_knn, n_cat, excl, active, n_knn, top_idx, top_sc)
+        cand[n] = j
+        n += 1
+    c = topk_masked(m.s_knn, n_cat, excl, it.active, hp.candidates, top_idx, top_sc)
     knn_max = top_sc[0] if c > 0 else 0.0
     for r in range(c):
         j = top_idx[r]
         if rank_mf[j] < 0:
-            cand[m] = j
-            m += 1
+            cand[n] = j
+            n += 1
         rank_knn[j] = r
-    c = pop_topk(pop, porder, n_cat, excl, active, n_pop, top_idx, top_sc)
+    c = pop_topk(it.pop, it.porder, n_cat, excl, it.active, hp.pop_candidates, top_idx, top_sc)
     pop_max = top_sc[0] if c > 0 else 0.0
     for r in range(c):
         j = top_idx[r]
         if rank_mf[j] < 0 and rank_knn[j] < 0:
-            cand[m] = j
-            m += 1
+            cand[n] = j
+            n += 1
         rank_pop[j] = r
-    mark_history(hoff, hlen, hpool, u, excl, 0)
-    return m, knn_max, pop_max
+    mark_history(us.hoff, us.hlen, us.hpool, u, excl, 0)
+    m.tmp[0] = n
+    m.tmp[1] = knn_max
+    m.tmp[2] = pop_max
+
+
+@njit(cache=True, inline="always")
+def _release(m):
+    """Clear the candidates' source ranks (all -1 between events)."""
+    for t in range(int(m.tmp[0])):
+        j = m.cand[t]
+        m.rank_mf[j] = -1
+        m.rank_knn[j] = -1
+        m.rank_pop[j] = -1
+    m.tmp[0] = 0
 
 
 @njit(cache=True)
-def _rerank(m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, z, nacc, fhp,
-            k, idx, val, out_idx, out_sc, probs):
-    """Top-k of the candidates by the re-ranker's probability (ties: lower row)."""
+def _rerank(m, it, sc, k, out_idx, out_sc):
+    """Top-k of the candidates by the re-ranker's probability (``topk_candidates``)."""
+    n = int(m.tmp[0])
+    knn_max, pop_max, bucket = m.tmp[1], m.tmp[2], int(m.tmp[3])
+    fhp = m.rr_hp
     # the bucket's weights are the same for every candidate: compute them once
-    wb = np.empty(N_FEAT)
-    alpha, beta, l1, l2 = fhp[HP_ALPHA], fhp[HP_BETA], fhp[HP_L1], fhp[HP_L2]
+    wb = m.w
     for t in range(N_FEAT):
-        wb[t] = ftrl_weight(z, nacc, bucket * N_FEAT + t, alpha, beta, l1, l2)
-    cnt = 0
-    for t in range(m):
-        j = cand[t]
-        _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket, idx, val)
+        wb[t] = ftrl_weight(m.rr_z, m.rr_n, bucket * N_FEAT + t, fhp.alpha, fhp.beta, fhp.l1, fhp.l2)
+    for t in range(n):
+        _features(m, it, m.cand[t], sc.scores, knn_max, pop_max, bucket)
         s = 0.0
         for f in range(N_FEAT):
-            s += wb[f] * val[f]
-        # monotone in the probability: rank by the logit
-        probs[t] = s
-    # selection by (score desc, row asc); candidates are not in row order, so compare rows on ties
-    for t in range(m):
-        j = cand[t]
-        p = probs[t]
-        if cnt == k and not (p > out_sc[k - 1] or (p == out_sc[k - 1] and j < out_idx[k - 1])):
-            continue
-        pos = cnt if cnt < k else k - 1
-        while pos > 0 and (out_sc[pos - 1] < p or (out_sc[pos - 1] == p and out_idx[pos - 1] > j)):
-            out_sc[pos] = out_sc[pos - 1]
-            out_idx[pos] = out_idx[pos - 1]
-            pos -= 1
-        out_sc[pos] = p
-        out_idx[pos] = j
-        if cnt < k:
-            cnt += 1
-    for r in range(cnt):
+            s += wb[f] * m.val[f]
+        m.probs[t] = s  # the logit: monotone in the probability
+    c = topk_candidates(m.cand, m.probs, n, k, out_idx, out_sc)
+    for r in range(c):
         out_sc[r] = sigmoid(out_sc[r])
-    for r in range(cnt, k):
-        out_idx[r] = -1
-        out_sc[r] = -np.inf
-    return cnt
+    return c
 
 
-@njit(cache=True, nogil=True)
-def hybrid_batch(U, I, T, F, k, P, Q, b, cu, ci, imp_hp, C, cnt, inv, knn_hp, z, nacc, fhp, hhp, core, out,
-                 s_mf, s_knn, Q8, qs):
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
-    n_knn = int(hhp[HP_NCAND])
-    n_mf = int(hhp[HP_NCAND_MF])
-    n_pop = int(hhp[HP_NCAND_POP])
-    n_cand = max(n_knn, max(n_mf, n_pop))
-    n_neg = int(hhp[HP_NNEG])
-    cap = s_mf.shape[0]
-    rank_mf = np.full(cap, -1, dtype=np.int32)
-    rank_knn = np.full(cap, -1, dtype=np.int32)
-    rank_pop = np.full(cap, -1, dtype=np.int32)
-    cand = np.empty(3 * n_cand, dtype=np.int64)
-    probs = np.empty(3 * n_cand, dtype=np.float64)
-    top_idx = np.empty(n_cand, dtype=np.int32)
-    top_sc = np.empty(n_cand, dtype=np.float64)
-    sc_k = np.empty(k, dtype=np.float64)
-    idx = np.empty(N_FEAT, dtype=np.int64)
-    val = np.empty(N_FEAT, dtype=np.float64)
-    w = np.empty(N_FEAT, dtype=np.float64)
-    tmp = np.empty(P.shape[1], dtype=np.float64)
-    zdirty = np.zeros((z.shape[0] >> 12) + 1, dtype=np.uint8)  # the re-ranker is written whole
-    for e in range(U.shape[0]):
-        u = U[e]
-        i = I[e]
-        f = F[e]
-        bucket = _bucket(uev[u])
-        if f & (RANK | LEARN):
-            m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn,
-                                              rank_mf, rank_knn, rank_pop, cand, top_idx, top_sc)
-            if f & RANK:
-                c = _rerank(m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
-                            z, nacc, fhp, k, idx, val, topk_out[e], sc_k, probs)
-                pos_out[e] = position_in(topk_out[e], c, i) if i < dims[1] else -1
-            in_cand = i < dims[1] and (rank_mf[i] >= 0 or rank_knn[i] >= 0 or rank_pop[i] >= 0)
-            if (f & LEARN) and in_cand:
-                # positive: the observed item, described as the sources saw it
-                nf = _features(i, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket, idx, val)
-                p = ftrl_predict(idx, val, nf, z, nacc, fhp, w)
-                ftrl_update(idx, val, nf, w, p, 1.0, z, nacc, fhp, zdirty)
-                if m > 1:
-                    for _ in range(n_neg):
-                        j = cand[rng_below(rng, m)]
-                        if j == i:
-                            continue
-                        nf = _features(j, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop, bucket,
-                                       idx, val)
-                        p = ftrl_predict(idx, val, nf, z, nacc, fhp, w)
-                        ftrl_update(idx, val, nf, w, p, 0.0, z, nacc, fhp, zdirty)
-            for t in range(m):
-                j = cand[t]
-                rank_mf[j] = -1
-                rank_knn[j] = -1
-                rank_pop[j] = -1
-        if f & LEARN:
-            itemknn_learn(u, i, C, cnt, inv, knn_hp, core)
-        if not (f & PEEK):
-            observe(core, u, i, T[e], 1.0)
-        if f & LEARN:
-            if not implicit_learn(u, i, P, Q, b, cu, ci, imp_hp, core, Q8, qs, False, tmp):
-                return e
-            for t in range(z.shape[0]):
-                if not math.isfinite(z[t]):
-                    return e
-        if f & WANT_LIST:
-            m, knn_max, pop_max = _candidates(u, P, Q, b, C, cnt, inv, knn_hp, core, n_knn, n_mf, n_pop, s_mf, s_knn,
-                                              rank_mf, rank_knn, rank_pop, cand, top_idx, top_sc)
-            _rerank(m, cand, bucket, s_mf, s_knn, knn_max, pop, pop_max, rank_mf, rank_knn, rank_pop,
-                    z, nacc, fhp, k, idx, val, lst_out[e], sc_k, probs)
-            for r in range(k):
-                lst_sc_out[e, r] = sc_k[r]
-            for t in range(m):
-                j = cand[t]
-                rank_mf[j] = -1
-                rank_knn[j] = -1
-                rank_pop[j] = -1
-    return -1
+@njit(cache=True)
+def hybrid_prep(m, us, it, sc, b, e):
+    m.tmp[3] = _bucket(us.uev[b.U[e]])
+    if b.F[e] & (RANK | LEARN):  # the candidates before learning
+        _candidates(m, us, it, sc, b.U[e])
+
+
+@njit(cache=True)
+def hybrid_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    c = _rerank(m, it, sc, k, out_idx, out_sc)
+    if not (b.F[e] & LEARN):  # not learning: nothing else needs the candidates
+        _release(m)
+    return c
+
+
+@njit(cache=True)
+def hybrid_learn_pre(m, us, it, sc, b, e):
+    u = b.U[e]
+    i = b.I[e]
+    n = int(m.tmp[0])
+    knn_max, pop_max, bucket = m.tmp[1], m.tmp[2], int(m.tmp[3])
+    in_cand = i < it.n[0] and (m.rank_mf[i] >= 0 or m.rank_knn[i] >= 0 or m.rank_pop[i] >= 0)
+    if in_cand:
+        # positive: the observed item, described as the sources saw it
+        fhp = m.rr_hp
+        nf = _features(m, it, i, sc.scores, knn_max, pop_max, bucket)
+        p = ftrl_predict(m.idx, m.val, nf, m.rr_z, m.rr_n, fhp, m.w)
+        ftrl_update(m.idx, m.val, nf, m.w, p, 1.0, m.rr_z, m.rr_n, fhp, m.zdirty)
+        if n > 1:
+            for _ in range(m.hp.rerank_negatives):
+                j = m.cand[rng_below(us.rng, n)]
+                if j == i:
+                    continue
+                nf = _features(m, it, j, sc.scores, knn_max, pop_max, bucket)
+                p = ftrl_predict(m.idx, m.val, nf, m.rr_z, m.rr_n, fhp, m.w)
+                ftrl_update(m.idx, m.val, nf, m.w, p, 0.0, m.rr_z, m.rr_n, fhp, m.zdirty)
+    _release(m)
+    itemknn_learn(m.knn, us, it, u, i)
+    return True
+
+
+@njit(cache=True)
+def hybrid_learn_post(m, us, it, sc, b, e):
+    if not implicit_learn(m.imp, us, it, b.U[e], b.I[e]):
+        return False
+    for t in range(m.rr_z.shape[0]):
+        if not math.isfinite(m.rr_z[t]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def hybrid_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    m.tmp[3] = _bucket(us.uev[u])  # the user's activity as of now, this event included
+    _candidates(m, us, it, sc, u)
+    c = _rerank(m, it, sc, k, out_idx, out_sc)
+    _release(m)
+    return c
+
+
+register_steps(HybridK, prep=hybrid_prep, rank=hybrid_rank, learn_pre=hybrid_learn_pre, learn_post=hybrid_learn_post,
+               recommend=hybrid_recommend)

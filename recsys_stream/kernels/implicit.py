@@ -21,45 +21,48 @@ Per positive event (u, i), two optional parts:
 
 A factor model needs many negatives per event before it beats popularity; one per event
 stays near it. Rows are drawn from N(0, init_std^2) at their first update.
+
+Steps (``driver``): ``rank``; ``learn_post``, after ``observe``, so the event's item is
+among the user's items that negatives skip, and a new item is already in the catalog
+negatives are drawn from; ``recommend``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
-import numpy as np
 from numba import njit
 
-from .common import rng_below, rng_normal, sigmoid
-from .core import LEARN, PEEK, RANK, WANT_LIST, observe, user_pop_topk, user_topk
+from .common import rng_below, sigmoid
+from .core import user_pop_topk, user_topk
+from .driver import register_steps
+from .init import init_item_row, init_user_row
 from .pairset import pairset_contains
-from .topk import position_in, quantize_row, score_factors, score_factors_q8
+from .topk import quantize_row, score_factors, score_factors_q8
 
-HP_LR, HP_REG, HP_BREG, HP_INIT, HP_ISGD, HP_NNEG, HP_NEG_TRIES = range(7)
-HP_SIZE = 7
-
-
-@njit(cache=True, inline="always")
-def _init_row(M, r, init, rng):
-    for d in range(M.shape[1]):
-        M[r, d] = init * rng_normal(rng)
+ImplicitHP = namedtuple("ImplicitHP", ["lr", "reg", "bias_reg", "init_std", "isgd", "negatives", "neg_tries",
+                                       "quantized"])
+ImplicitK = namedtuple("ImplicitK", ["P", "cu", "Q", "b", "ci", "Q8", "qs", "hp", "tmp"])
 
 
 @njit(cache=True)
-def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
+def implicit_learn(m, us, it, u, i):
     """One positive event's update (ISGD part and sampled BPR pairs); True if finite."""
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
+    hp = m.hp
+    P, Q, b, ci = m.P, m.Q, m.b, m.ci
+    tmp = m.tmp
     dim = P.shape[1]
-    lr = hp[HP_LR]
-    reg = hp[HP_REG]
-    breg = hp[HP_BREG]
-    init = hp[HP_INIT]
-    if cu[u] == 0:
-        _init_row(P, u, init, rng)
+    lr = hp.lr
+    reg = hp.reg
+    breg = hp.bias_reg
+    init = hp.init_std
+    use_q8 = hp.quantized
+    if m.cu[u] == 0:
+        init_user_row(P, u, init, us)
     if ci[i] == 0:
-        _init_row(Q, i, init, rng)
-    if hp[HP_ISGD] != 0.0:
+        init_item_row(Q, i, init, us, it)
+    if hp.isgd:
         s = 0.0
         for d in range(dim):
             s += P[u, d] * Q[i, d]
@@ -68,24 +71,24 @@ def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
             pu = P[u, d]
             P[u, d] += lr * (err * Q[i, d] - reg * pu)
             Q[i, d] += lr * (err * pu - reg * Q[i, d])
-    n_cat = dims[1]
-    n_neg = int(hp[HP_NNEG])
-    tries = int(hp[HP_NEG_TRIES])
-    for _ in range(n_neg):
+    n_cat = it.n[0]
+    active = it.active
+    rng = us.rng
+    for _ in range(hp.negatives):
         j = -1
-        for _t in range(tries):
+        for _t in range(hp.neg_tries):
             c = rng_below(rng, n_cat) if n_cat > 0 else -1
             if c < 0:
                 break
-            if c != i and active[c] != 0 and not pairset_contains(seen, u, c):
+            if c != i and active[c] != 0 and not pairset_contains(us.seen, u, c):
                 j = c
                 break
         if j < 0:
             continue
         if ci[j] == 0:  # ci counts every update of the row, negatives included
-            _init_row(Q, j, init, rng)
+            init_item_row(Q, j, init, us, it)
         ci[j] += 1
-        idirty[j] = 1
+        it.dirty[j] = 1
         x = b[i] - b[j]
         for d in range(dim):
             x += P[u, d] * (Q[i, d] - Q[j, d])
@@ -99,14 +102,14 @@ def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
         b[i] += lr * (g - breg * b[i])
         b[j] += lr * (-g - breg * b[j])
         if use_q8:
-            quantize_row(Q, j, Q8, qs)
+            quantize_row(Q, j, m.Q8, m.qs)
         if not math.isfinite(b[j]):
             return False
     if use_q8:
-        quantize_row(Q, i, Q8, qs)
-    cu[u] += 1
+        quantize_row(Q, i, m.Q8, m.qs)
+    m.cu[u] += 1
     ci[i] += 1
-    if not (math.isfinite(b[i])):
+    if not math.isfinite(b[i]):
         return False
     for d in range(dim):
         if not (math.isfinite(P[u, d]) and math.isfinite(Q[i, d])):
@@ -114,37 +117,29 @@ def implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
     return True
 
 
-@njit(cache=True, nogil=True)
-def implicit_batch(U, I, T, F, k, P, Q, b, cu, ci, hp, Q8, qs, use_q8, core, out, scores):
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
-    sc_tmp = np.empty(k, dtype=np.float64)
-    tmp = np.empty(P.shape[1], dtype=np.float64)
-    for e in range(U.shape[0]):
-        u = U[e]
-        i = I[e]
-        f = F[e]
-        if f & RANK:
-            n_cat = dims[1]
-            if use_q8:
-                score_factors_q8(P[u], Q8, qs, b, n_cat, scores)
-            else:
-                score_factors(P[u], Q, b, n_cat, scores)
-            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
-            pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
-        if not (f & PEEK):
-            observe(core, u, i, T[e], 1.0)
-        if f & LEARN:
-            if not implicit_learn(u, i, P, Q, b, cu, ci, hp, core, Q8, qs, use_q8, tmp):
-                return e
-        if f & WANT_LIST:
-            n_cat = dims[1]
-            if cu[u] == 0:  # not learned yet (e.g. a frequency filter): the popularity list
-                user_pop_topk(u, core, n_cat, k, lst_out[e], sc_tmp)
-            else:
-                score_factors(P[u], Q, b, n_cat, scores)
-                user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
-            for r in range(k):
-                lst_sc_out[e, r] = sc_tmp[r]
-    return -1
+@njit(cache=True)
+def implicit_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    u = b.U[e]
+    n_cat = it.n[0]
+    if m.hp.quantized:
+        score_factors_q8(m.P[u], m.Q8, m.qs, m.b, n_cat, sc.scores)
+    else:
+        score_factors(m.P[u], m.Q, m.b, n_cat, sc.scores)
+    return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+
+
+@njit(cache=True)
+def implicit_learn_post(m, us, it, sc, b, e):
+    return implicit_learn(m, us, it, b.U[e], b.I[e])
+
+
+@njit(cache=True)
+def implicit_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    if m.cu[u] == 0:  # not learned yet (e.g. a frequency filter): the popularity list
+        return user_pop_topk(u, us, it, sc, k, out_idx, out_sc)
+    n_cat = it.n[0]
+    score_factors(m.P[u], m.Q, m.b, n_cat, sc.scores)
+    return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+
+
+register_steps(ImplicitK, rank=implicit_rank, learn_post=implicit_learn_post, recommend=implicit_recommend)

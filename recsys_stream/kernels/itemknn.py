@@ -15,96 +15,88 @@ popularity term orders items no recent item points to (and a new user's whole li
 
 ``C`` is dense (float32, rows x rows). That is right for catalogs up to tens of
 thousands of items; million-item catalogs need a sparse neighbour store.
+
+Steps (``driver``): ``rank``; ``learn_pre``, before ``observe``, so the window is the
+user's items before this one; ``recommend``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
-import numpy as np
 from numba import njit
 
-from .core import LEARN, PEEK, RANK, WANT_LIST, observe, recent_item, user_topk
-from .topk import position_in
+from .core import recent_item, user_topk
+from .driver import register_steps
 
-HP_WINDOW, HP_GAMMA, HP_L, HP_ALPHA, HP_BETA, HP_POPW = range(6)
-HP_SIZE = 6
+ItemKNNHP = namedtuple("ItemKNNHP", ["window", "gamma", "recent", "alpha", "beta", "pop_weight"])
+# inv[j] = n[j]^-(1 - beta), kept up to date by itemknn_learn
+ItemKNNK = namedtuple("ItemKNNK", ["C", "n", "inv", "hp"])
 
 
 @njit(cache=True)
-def itemknn_scores(u, C, n, inv, hp, core, scores):
-    """Fill ``scores[:n_cat]`` for user ``u`` (any row; a new user gets popularity only).
-
-    ``inv[j] = n[j]^-(1 - beta)`` is kept up to date by ``itemknn_learn``.
-    """
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    n_cat = dims[1]
-    L = int(hp[HP_L])
-    alpha = hp[HP_ALPHA]
-    beta = hp[HP_BETA]
-    popw = hp[HP_POPW]
+def itemknn_scores(m, us, it, u, scores):
+    """Fill ``scores[:n_cat]`` for user ``u`` (any row; a new user gets popularity only)."""
+    hp = m.hp
+    C, n, inv = m.C, m.n, m.inv
+    n_cat = it.n[0]
     for j in range(n_cat):
         scores[j] = 0.0
     w = 1.0
-    for l in range(L):  # a new user has no recent items
-        r = recent_item(recent, uev, u, l)
+    for l in range(hp.recent):  # a new user has no recent items
+        r = recent_item(us, u, l)
         if r < 0:
             break
         if n[r] > 0:
-            wr = w / math.pow(n[r], beta)
+            wr = w / math.pow(n[r], hp.beta)
             row = C[r]
             for j in range(n_cat):
                 scores[j] += wr * row[j]
-        w *= alpha
-    f = popw / pop_meta[3] if pop_meta[3] > 0.0 else 0.0
+        w *= hp.alpha
+    pop = it.pop
+    pmax = it.pop_meta[3]
+    f = hp.pop_weight / pmax if pmax > 0.0 else 0.0
     for j in range(n_cat):
         scores[j] = scores[j] * inv[j] + f * pop[j]
 
 
 @njit(cache=True)
-def itemknn_learn(u, i, C, n, inv, hp, core):
+def itemknn_learn(m, us, it, u, i):
     """Count co-occurrences of i with the user's previous items (call before ``observe``)."""
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    W = int(hp[HP_WINDOW])
-    gamma = hp[HP_GAMMA]
+    hp = m.hp
+    C = m.C
     w = 1.0
-    for back in range(W):
-        j = recent_item(recent, uev, u, back)
+    for back in range(hp.window):
+        j = recent_item(us, u, back)
         if j < 0:
             break
         if j != i:
             C[i, j] += w
             C[j, i] += w
-            idirty[j] = 1
-        w *= gamma
-    n[i] += 1.0
-    inv[i] = math.pow(n[i], hp[HP_BETA] - 1.0)
+            it.dirty[j] = 1
+        w *= hp.gamma
+    m.n[i] += 1.0
+    m.inv[i] = math.pow(m.n[i], hp.beta - 1.0)
 
 
-@njit(cache=True, nogil=True)
-def itemknn_batch(U, I, T, F, k, C, n, inv, hp, core, out, scores):
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
-    sc_tmp = np.empty(k, dtype=np.float64)
-    for e in range(U.shape[0]):
-        u = U[e]
-        i = I[e]
-        f = F[e]
-        if f & RANK:
-            n_cat = dims[1]
-            itemknn_scores(u, C, n, inv, hp, core, scores)
-            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
-            pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
-        if f & LEARN:
-            itemknn_learn(u, i, C, n, inv, hp, core)
-        if not (f & PEEK):
-            observe(core, u, i, T[e], 1.0)
-        if f & WANT_LIST:
-            itemknn_scores(u, C, n, inv, hp, core, scores)
-            user_topk(scores, dims[1], u, core, k, lst_out[e], sc_tmp)
-            for r in range(k):
-                lst_sc_out[e, r] = sc_tmp[r]
-    return -1
+@njit(cache=True)
+def itemknn_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    u = b.U[e]
+    itemknn_scores(m, us, it, u, sc.scores)
+    return user_topk(sc.scores, it.n[0], u, us, it, sc, k, out_idx, out_sc)
+
+
+@njit(cache=True)
+def itemknn_learn_pre(m, us, it, sc, b, e):
+    itemknn_learn(m, us, it, b.U[e], b.I[e])
+    return True
+
+
+@njit(cache=True)
+def itemknn_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    itemknn_scores(m, us, it, u, sc.scores)
+    return user_topk(sc.scores, it.n[0], u, us, it, sc, k, out_idx, out_sc)
+
+
+register_steps(ItemKNNK, rank=itemknn_rank, learn_pre=itemknn_learn_pre, recommend=itemknn_recommend)

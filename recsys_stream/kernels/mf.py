@@ -23,129 +23,144 @@ With ``adagrad`` on, ``eta_u``/``eta_i`` are row-wise AdaGrad rates
 otherwise they equal ``eta``. Factors of a row are drawn from N(0, init_std^2) at the
 row's first rating, so predicting for an unknown id writes nothing.
 
-Hyper-parameters travel in ``hp`` (float64), indices below.
+Steps (``driver``): ``prep`` computes the prediction once; ``rank`` (scores
+``b_i + p_u . q_i``, the user's part of the sum being the same for every item),
+``predict`` and ``learn_pre`` (before ``observe``) use it.
 """
 
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
-from .common import clip, rng_normal
-from .core import EVALUATE, LEARN, PEEK, RANK, WANT_LIST, observe, user_pop_topk, user_topk
-from .topk import position_in, quantize_row, score_factors, score_factors_q8
+from .common import clip
+from .core import user_pop_topk, user_topk
+from .driver import register_steps
+from .init import init_item_row, init_user_row
+from .topk import quantize_row, score_factors, score_factors_q8
 
-HP_LR, HP_REG, HP_UBIAS_MIN, HP_UBIAS_C, HP_BIAS_REG, HP_INIT, HP_ADAGRAD, HP_LO, HP_HI, HP_MU0, HP_IBIAS_MIN, HP_IBIAS_C = range(12)
-HP_SIZE = 12
+MFHP = namedtuple("MFHP", ["lr", "reg", "user_bias_lr_min", "user_bias_prior", "item_bias_lr_min", "item_bias_prior",
+                           "bias_reg", "init_std", "adagrad", "rating_min", "rating_max", "quantized"])
+# tmp: [raw prediction, user known, item known, mu] of the current event (set by prep)
+MFK = namedtuple("MFK", ["P", "bu", "cu", "gu", "Q", "bi", "ci", "gi", "glob", "Q8", "qs", "hp", "tmp"])
 
 
-@njit(cache=True, nogil=True)
-def mf_batch(U, I, V, T, F, k, P, Q, bu, bi, cu, ci, gu, gi, glob, hp, Q8, qs, use_q8, core, out, scores):
-    """Process events in order; returns -1, or the index of an event after which a
-    parameter became NaN/Inf (the caller raises ``ModelDivergedError``)."""
-    (seen, seen_count, active, pop, pop_meta, dims, uev, iev, recent, rng, hoff, hlen, hpool, excl, porder, prank,
-     udirty, idirty) = core
-    pred_out, pos_out, topk_out, lst_out, lst_sc_out = out
+@njit(cache=True, inline="always")
+def _mu(m):
+    g = m.glob
+    return g[0] / g[1] if g[1] > 0 else 0.5 * (m.hp.rating_min + m.hp.rating_max)
+
+
+@njit(cache=True)
+def mf_prep(m, us, it, sc, b, e):
+    u = b.U[e]
+    i = b.I[e]
+    known_u = m.cu[u] > 0
+    known_i = m.ci[i] > 0
+    mu = _mu(m)
+    raw = mu
+    if known_u:
+        raw += m.bu[u]
+    if known_i:
+        raw += m.bi[i]
+    if known_u and known_i:
+        s = 0.0
+        for d in range(m.P.shape[1]):
+            s += m.P[u, d] * m.Q[i, d]
+        raw += s
+    m.tmp[0] = raw
+    m.tmp[1] = 1.0 if known_u else 0.0
+    m.tmp[2] = 1.0 if known_i else 0.0
+    m.tmp[3] = mu
+
+
+@njit(cache=True)
+def mf_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    u = b.U[e]
+    n_cat = it.n[0]
+    # rows are zero until first learned, so an unknown user scores by item bias
+    if m.hp.quantized:
+        score_factors_q8(m.P[u], m.Q8, m.qs, m.bi, n_cat, sc.scores)
+    else:
+        score_factors(m.P[u], m.Q, m.bi, n_cat, sc.scores)
+    return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+
+
+@njit(cache=True)
+def mf_predict(m, us, it, sc, b, e):
+    return clip(m.tmp[0], m.hp.rating_min, m.hp.rating_max)
+
+
+@njit(cache=True)
+def mf_learn(m, us, it, sc, b, e):
+    u = b.U[e]
+    i = b.I[e]
+    hp = m.hp
+    P, Q = m.P, m.Q
     dim = P.shape[1]
-    lr = hp[HP_LR]
-    reg = hp[HP_REG]
-    ubmin = hp[HP_UBIAS_MIN]
-    ubc = hp[HP_UBIAS_C]
-    ibmin = hp[HP_IBIAS_MIN]
-    ibc = hp[HP_IBIAS_C]
-    breg = hp[HP_BIAS_REG]
-    init = hp[HP_INIT]
-    adagrad = hp[HP_ADAGRAD] != 0.0
-    lo = hp[HP_LO]
-    hi = hp[HP_HI]
-    sc_tmp = np.empty(k, dtype=np.float64)
-    pu_old = np.empty(dim, dtype=np.float64)
-    for e in range(U.shape[0]):
-        u = U[e]
-        i = I[e]
-        f = F[e]
-        known_u = cu[u] > 0
-        known_i = ci[i] > 0
-        mu = glob[0] / glob[1] if glob[1] > 0 else hp[HP_MU0]
-        raw = mu
-        if known_u:
-            raw += bu[u]
-        if known_i:
-            raw += bi[i]
-        if known_u and known_i:
-            s = 0.0
-            for d in range(dim):
-                s += P[u, d] * Q[i, d]
-            raw += s
-        if f & EVALUATE:
-            pred_out[e] = clip(raw, lo, hi)
-        if f & RANK:
-            n_cat = dims[1]
-            # rows are zero until first learned, so an unknown user scores by item bias
-            if use_q8:
-                score_factors_q8(P[u], Q8, qs, bi, n_cat, scores)
-            else:
-                score_factors(P[u], Q, bi, n_cat, scores)
-            c = user_topk(scores, n_cat, u, core, k, topk_out[e], sc_tmp)
-            pos_out[e] = position_in(topk_out[e], c, i) if i < n_cat else -1
-        if f & LEARN:
-            r = V[e]
-            if not known_u:
-                for d in range(dim):
-                    P[u, d] = init * rng_normal(rng)
-            if not known_i:
-                for d in range(dim):
-                    Q[i, d] = init * rng_normal(rng)
-                if use_q8:
-                    quantize_row(Q, i, Q8, qs)
-            err = r - raw
-            eta_bu = max(ubmin, 1.0 / (cu[u] + ubc))
-            eta_bi = max(ibmin, 1.0 / (ci[i] + ibc))
-            bu[u] += eta_bu * (err - breg * bu[u])
-            bi[i] += eta_bi * (err - breg * bi[i])
-            eta_u = lr
-            eta_i = lr
-            if adagrad:
-                gsu = 0.0
-                gsi = 0.0
-                for d in range(dim):
-                    g1 = err * Q[i, d] - reg * P[u, d]
-                    g2 = err * P[u, d] - reg * Q[i, d]
-                    gsu += g1 * g1
-                    gsi += g2 * g2
-                gu[u] += gsu / dim
-                gi[i] += gsi / dim
-                eta_u = lr / math.sqrt(gu[u] + 1e-8)
-                eta_i = lr / math.sqrt(gi[i] + 1e-8)
-            for d in range(dim):
-                pu_old[d] = P[u, d]
-            for d in range(dim):
-                P[u, d] += eta_u * (err * Q[i, d] - reg * P[u, d])
-                Q[i, d] += eta_i * (err * pu_old[d] - reg * Q[i, d])
-            if use_q8:
-                quantize_row(Q, i, Q8, qs)
-            cu[u] += 1
-            ci[i] += 1
-            glob[0] += r
-            glob[1] += 1.0
-            if not (math.isfinite(bu[u]) and math.isfinite(bi[i])):
-                return e
-            for d in range(dim):
-                if not (math.isfinite(P[u, d]) and math.isfinite(Q[i, d])):
-                    return e
-        if not (f & PEEK):
-            observe(core, u, i, T[e], 1.0)
-        if f & WANT_LIST:
-            n_cat = dims[1]
-            if cu[u] == 0:  # no rating from this user yet: the popularity list
-                user_pop_topk(u, core, n_cat, k, lst_out[e], sc_tmp)
-                for r_ in range(k):
-                    lst_sc_out[e, r_] = 0.0
-            else:
-                score_factors(P[u], Q, bi, n_cat, scores)
-                user_topk(scores, n_cat, u, core, k, lst_out[e], sc_tmp)
-                for r_ in range(k):
-                    lst_sc_out[e, r_] = sc_tmp[r_] + mu + bu[u]
-    return -1
+    raw = m.tmp[0]
+    r = b.V[e]
+    if m.tmp[1] == 0.0:
+        init_user_row(P, u, hp.init_std, us)
+    if m.tmp[2] == 0.0:
+        init_item_row(Q, i, hp.init_std, us, it)
+        if hp.quantized:
+            quantize_row(Q, i, m.Q8, m.qs)
+    err = r - raw
+    eta_bu = max(hp.user_bias_lr_min, 1.0 / (m.cu[u] + hp.user_bias_prior))
+    eta_bi = max(hp.item_bias_lr_min, 1.0 / (m.ci[i] + hp.item_bias_prior))
+    m.bu[u] += eta_bu * (err - hp.bias_reg * m.bu[u])
+    m.bi[i] += eta_bi * (err - hp.bias_reg * m.bi[i])
+    lr, reg = hp.lr, hp.reg
+    eta_u = lr
+    eta_i = lr
+    if hp.adagrad:
+        gsu = 0.0
+        gsi = 0.0
+        for d in range(dim):
+            g1 = err * Q[i, d] - reg * P[u, d]
+            g2 = err * P[u, d] - reg * Q[i, d]
+            gsu += g1 * g1
+            gsi += g2 * g2
+        m.gu[u] += gsu / dim
+        m.gi[i] += gsi / dim
+        eta_u = lr / math.sqrt(m.gu[u] + 1e-8)
+        eta_i = lr / math.sqrt(m.gi[i] + 1e-8)
+    for d in range(dim):
+        pu = P[u, d]
+        P[u, d] += eta_u * (err * Q[i, d] - reg * pu)
+        Q[i, d] += eta_i * (err * pu - reg * Q[i, d])
+    if hp.quantized:
+        quantize_row(Q, i, m.Q8, m.qs)
+    m.cu[u] += 1
+    m.ci[i] += 1
+    m.glob[0] += r
+    m.glob[1] += 1.0
+    if not (math.isfinite(m.bu[u]) and math.isfinite(m.bi[i])):
+        return False
+    for d in range(dim):
+        if not (math.isfinite(P[u, d]) and math.isfinite(Q[i, d])):
+            return False
+    return True
+
+
+@njit(cache=True)
+def mf_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    if m.cu[u] == 0:  # no rating from this user yet: the popularity list
+        c = user_pop_topk(u, us, it, sc, k, out_idx, out_sc)
+        for r in range(k):
+            out_sc[r] = 0.0
+        return c
+    n_cat = it.n[0]
+    score_factors(m.P[u], m.Q, m.bi, n_cat, sc.scores)
+    c = user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+    add = _mu(m) + m.bu[u]
+    for r in range(k):
+        out_sc[r] += add
+    return c
+
+
+register_steps(MFK, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn, recommend=mf_recommend)

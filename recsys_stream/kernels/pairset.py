@@ -60,6 +60,13 @@ def pairset_add(table, count, u, i):
 
 
 @njit(cache=True)
+def pairset_add_many(table, count, u, items):
+    """Add (u, i) for every i of ``items`` (the caller reserved room)."""
+    for t in range(items.shape[0]):
+        pairset_add(table, count, u, items[t])
+
+
+@njit(cache=True)
 def pairset_rebuild_without(table, count, old, drop_user):
     """Insert the pairs of ``old`` into ``table``, leaving out those whose user row has
     ``drop_user[u]`` set (an empty ``drop_user`` keeps every pair: growing the table)."""

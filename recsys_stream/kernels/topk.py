@@ -10,6 +10,11 @@ The selection keeps a sorted run of at most ``k`` (score, row) pairs: rows are v
 in increasing order and a row displaces the current k-th only when its score is
 strictly greater, which is exactly "ties go to the lower row".
 
+``topk_masked`` scans rows in increasing order, so "ties to the lower row" needs no
+comparison of rows; ``topk_candidates`` selects from an unordered candidate list (the
+hybrid's union of sources, an index's candidates) and compares rows on ties, giving the
+same order as a full scan would over the same scores.
+
 The int8 variant scores against a per-row symmetric quantisation of the item factors
 (``q8[j] * scale[j] ~= Q[j]``), a quarter of the memory traffic of float32.
 """
@@ -118,6 +123,33 @@ def _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc):
         out_idx[r] = -1
         out_sc[r] = -np.inf
     return n
+
+
+@njit(cache=True)
+def topk_candidates(cand, vals, m, k, out_idx, out_sc):
+    """Top-k of the ``m`` candidates ``cand[t]`` with scores ``vals[t]`` (rows distinct, in
+    any order), by score descending and row ascending; returns the count. NaN never ranks."""
+    cnt = 0
+    for t in range(m):
+        j = cand[t]
+        s = vals[t]
+        if not (s == s):
+            continue
+        if cnt == k and not _worse(out_sc[k - 1], out_idx[k - 1], s, j):
+            continue
+        pos = cnt if cnt < k else k - 1
+        while pos > 0 and _worse(out_sc[pos - 1], out_idx[pos - 1], s, j):
+            out_sc[pos] = out_sc[pos - 1]
+            out_idx[pos] = out_idx[pos - 1]
+            pos -= 1
+        out_sc[pos] = s
+        out_idx[pos] = j
+        if cnt < k:
+            cnt += 1
+    for r in range(cnt, k):
+        out_idx[r] = -1
+        out_sc[r] = -np.inf
+    return cnt
 
 
 @njit(cache=True, inline="always")

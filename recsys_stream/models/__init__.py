@@ -1,8 +1,9 @@
-"""Online models. ``MODELS`` maps a ``--model`` name to its class and parameter type."""
+"""Online models. ``MODELS`` maps a ``--model`` name to its class (``Model.params_type``
+is its parameter type); every suite that checks "every model" iterates over it."""
 
 from __future__ import annotations
 
-from .base import Model, ModelDivergedError, Params, Prepared
+from .base import Model, ModelDivergedError, Params
 from .ftrl import FTRLModel, FTRLParams
 from .hybrid import HybridModel, HybridParams
 from .implicit import ImplicitModel, ImplicitParams
@@ -10,21 +11,17 @@ from .itemknn import ItemKNNModel, ItemKNNParams
 from .mf import MFModel, MFParams
 from .pop import PopModel, PopParams
 
-MODELS: dict[str, tuple[type[Model], type[Params]]] = {
-    "mf": (MFModel, MFParams),
-    "implicit": (ImplicitModel, ImplicitParams),
-    "itemknn": (ItemKNNModel, ItemKNNParams),
-    "ftrl": (FTRLModel, FTRLParams),
-    "pop": (PopModel, PopParams),
-    "hybrid": (HybridModel, HybridParams),
-}
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MFModel, ImplicitModel, ItemKNNModel, FTRLModel,
+                                                            PopModel, HybridModel)}
+DEFAULT_MODEL = "itemknn"
 
 
 def model_params(name: str, **overrides) -> Params:
     """Default parameters of model ``name`` with ``overrides`` applied (validated)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
-    return MODELS[name][1]().replace(**overrides)
+    return MODELS[name].params_type().replace(**overrides)
 
 
-__all__ = ["MODELS", "Model", "ModelDivergedError", "Params", "Prepared", "model_params"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "Model", "ModelDivergedError", "Params", "model_params", "FTRLParams",
+           "HybridParams", "ImplicitParams", "ItemKNNParams", "MFParams", "PopParams"]

@@ -1,18 +1,27 @@
-"""The contract every online model follows inside a shard.
+"""The contract every online model follows (see docs/contract.md for a worked example).
 
-A model declares its arrays (``specs``), decides per event what to do (``flags``: evaluate,
-rank, learn) and runs one Numba kernel over a prepared batch (``run``). It owns no ids and
-no I/O: the shard maps ids to rows, grows arrays and turns outputs into metrics and lists.
+A model is three things:
+
+- its hyper-parameters, a frozen ``Params`` dataclass (defaults, validation);
+- its state, declared as ``ArraySpec``s on each side (``user_specs``: rows keyed by user;
+  ``item_specs``: rows keyed by item and item-global arrays), assembled into the named
+  tuple its kernel steps read (``kernel_state``); the hyper-parameters travel in the same
+  tuple, packed by field name into the kernel's declared layout (``pack``);
+- its kernel steps, registered with ``kernels.driver`` for that tuple's type.
+
+Everything else (ids, rows, growing arrays, the prequential loop, metrics, lists,
+checkpoints) is the same for every model and lives outside it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..kernels.core import EVALUATE, LEARN, RANK
-from ..state import ArraySpec, StateArrays
+from ..kernels.layout import EVALUATE, LEARN, RANK
+from ..state import ArraySpec
 
 
 class ModelDivergedError(ArithmeticError):
@@ -27,20 +36,6 @@ class ModelDivergedError(ArithmeticError):
         if hint:
             msg += f"; {hint}"
         super().__init__(msg)
-
-
-@dataclass
-class Prepared:
-    """A batch as kernels see it: rows, values, labels and flags per event."""
-
-    U: np.ndarray  # int64 user rows
-    I: np.ndarray  # int64 item rows
-    V: np.ndarray  # float32 values (ratings / weights)
-    Y: np.ndarray  # float64 like-labels (0/1)
-    T: np.ndarray  # float64 event times
-    etype: np.ndarray  # int8
-    ctx_ptr: np.ndarray
-    ctx_hash: np.ndarray
 
 
 def _coerce(value, typ: type, name: str):
@@ -59,14 +54,34 @@ def _coerce(value, typ: type, name: str):
             if typ is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return typ(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
     raise ValueError(f"parameter {name!r} expects {typ.__name__}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class Params:
-    """Base of model hyper-parameters: immutable, with defaults."""
+    """Base of model hyper-parameters: immutable, with defaults, validated.
+
+    A subclass may list ``POSITIVE`` (must be > 0), ``NON_NEGATIVE`` (>= 0) and
+    ``UNIT`` (in [0, 1]) field names; every float must be finite.
+    """
+
+    POSITIVE = ()
+    NON_NEGATIVE = ()
+    UNIT = ()
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"parameter {f.name!r} must be finite, got {v!r}")
+            if f.name in self.POSITIVE and not v > 0:
+                raise ValueError(f"parameter {f.name!r} must be > 0, got {v!r}")
+            if f.name in self.NON_NEGATIVE and not v >= 0:
+                raise ValueError(f"parameter {f.name!r} must be >= 0, got {v!r}")
+            if f.name in self.UNIT and not 0 <= v <= 1:
+                raise ValueError(f"parameter {f.name!r} must be in [0, 1], got {v!r}")
 
     def replace(self, **changes) -> "Params":
         known = {f.name for f in fields(self)}
@@ -84,36 +99,50 @@ class Params:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def pack(layout: type, params: Params, **extra):
+    """The kernel's hyper-parameter tuple ``layout`` (a namedtuple class), each field taken
+    by name from ``params`` (or ``extra``): the layout is declared once, in the kernel."""
+    values = params.as_dict() | extra
+    missing = [f for f in layout._fields if f not in values]
+    if missing:
+        raise TypeError(f"{layout.__name__} needs {missing}, which {type(params).__name__} does not have")
+    return layout(**{f: values[f] for f in layout._fields})
+
+
 class Model:
-    """Base class; subclasses set the class attributes and implement ``specs``/``run``."""
+    """Base class; subclasses set the class attributes and implement the specs and
+    ``kernel_state`` (see the module docstring)."""
 
     name = "?"
     predicts_rating = False  # rmse/mae
     predicts_like = False  # logloss/auc
     ranks = True  # ranking metrics by default
     uses_features = False  # needs user/item side-feature rows
+    params_type: type = Params
 
-    def __init__(self, params: Params, arrays: StateArrays, rank: bool | None = None):
+    def __init__(self, params: Params, rank: bool | None = None):
         self.params = params
-        self.arrays = arrays
         self.rank = self.ranks if rank is None else rank
-        arrays.add(self.specs())
 
-    def specs(self) -> list[ArraySpec]:
+    def user_specs(self) -> list[ArraySpec]:
+        return []
+
+    def item_specs(self) -> list[ArraySpec]:
+        return []
+
+    def kernel_state(self, users, items, k: int):
+        """The named tuple the model's kernel steps read, over the current arrays of
+        ``users`` (a ``UserState``) and ``items`` (an ``ItemState``)."""
         raise NotImplementedError
 
-    def flags(self, p: Prepared, evaluate: bool) -> np.ndarray:
+    def flags(self, etype: np.ndarray, evaluate: bool) -> np.ndarray:
         """Per-event flags: by default every event is learned and, when evaluating, ranked."""
-        f = np.full(len(p.U), LEARN, dtype=np.int32)
+        f = np.full(len(etype), LEARN, dtype=np.int32)
         if evaluate:
             f |= EVALUATE
             if self.rank:
                 f |= RANK
         return f
-
-    def run(self, p: Prepared, F: np.ndarray, k: int, core: tuple, out: tuple, scores: np.ndarray) -> int:
-        """Run the model's kernel; -1, or the index of the event after which it diverged."""
-        raise NotImplementedError
 
     def hint(self) -> str:
         return "lower the learning rate or raise the regularisation"

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..events import POSITIVE_TYPES, RATING
+from ..events import MAX_CONTEXT_FEATURES, POSITIVE_TYPES, RATING
 from ..features import MAX_ITEM_FEATURES, MAX_USER_FEATURES
-from ..kernels import ftrl as K
-from ..state import GLOBAL, ITEM, USER, ArraySpec
-from .base import Model, Params
+from ..kernels.ftrl import CHUNK_BITS, FTRLHP, FTRLK, row_capacity
+from ..state import GLOBAL, ROW, ArraySpec
+from .base import Model, Params, pack
 
 
 @dataclass(frozen=True)
@@ -29,32 +29,25 @@ class FTRLParams(Params):
     stats_prior: float = 5.0  # pseudo-events shrinking those statistics towards the global ones
     like_threshold: float = 4.0
 
+    POSITIVE = ("alpha", "stats_prior")
+    NON_NEGATIVE = ("beta", "l1", "l2")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 4 <= self.bits <= 28:
+            raise ValueError(f"parameter 'bits' must be in 4..28 (2**bits weights), got {self.bits}")
+
 
 def like_labels(etype: np.ndarray, value: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(etype == RATING, value >= threshold, np.isin(etype, POSITIVE_TYPES)).astype(np.float64)
 
 
-def ftrl_hp(alpha: float, beta: float, l1: float, l2: float, crosses: bool = False, normalize: bool = False,
-            stats: bool = False, stats_prior: float = 5.0) -> np.ndarray:
-    hp = np.zeros(K.HP_SIZE)
-    hp[K.HP_ALPHA] = alpha
-    hp[K.HP_BETA] = beta
-    hp[K.HP_L1] = l1
-    hp[K.HP_L2] = l2
-    hp[K.HP_CROSSES] = float(crosses)
-    hp[K.HP_NORMALIZE] = float(normalize)
-    hp[K.HP_STATS] = float(stats)
-    hp[K.HP_STATS_PRIOR] = stats_prior
-    return hp
-
-
-def feature_specs() -> list[ArraySpec]:
-    return [
-        ArraySpec("feat.u", USER, (MAX_USER_FEATURES,), "uint64"),
-        ArraySpec("feat.nu", USER, (), "int64"),
-        ArraySpec("feat.i", ITEM, (MAX_ITEM_FEATURES,), "uint64"),
-        ArraySpec("feat.ni", ITEM, (), "int64"),
-    ]
+def ftrl_globals(prefix: str, bits: int) -> list[ArraySpec]:
+    n = 1 << bits
+    return [ArraySpec(f"{prefix}.z", GLOBAL, (n,), "float64", dirty=f"{prefix}.dirty"),
+            ArraySpec(f"{prefix}.n", GLOBAL, (n,), "float64", dirty=f"{prefix}.dirty"),
+            # chunks of z/n changed since the last checkpoint
+            ArraySpec(f"{prefix}.dirty", GLOBAL, ((n >> CHUNK_BITS) + 1,), "uint8", stored=False)]
 
 
 class FTRLModel(Model):
@@ -62,29 +55,31 @@ class FTRLModel(Model):
     predicts_like = True
     ranks = False
     uses_features = True
+    params_type = FTRLParams
 
-    def specs(self):
-        n = 1 << self.params.bits
-        return feature_specs() + [
-            ArraySpec("ftrl.z", GLOBAL, (n,), "float64"),
-            ArraySpec("ftrl.n", GLOBAL, (n,), "float64"),
-            ArraySpec("ftrl.dirty", GLOBAL, ((n >> K.CHUNK_BITS) + 1,), "uint8"),  # chunks of z/n changed
-            ArraySpec("ftrl.ulikes", USER, (), "float64"),
-            ArraySpec("ftrl.uevents", USER, (), "float64"),
-            ArraySpec("ftrl.ilikes", ITEM, (), "float64"),
-            ArraySpec("ftrl.ievents", ITEM, (), "float64"),
-            ArraySpec("ftrl.glob", GLOBAL, (3,), "float64"),
-            ArraySpec("ftrl.udev", USER, (), "float64"),
-            ArraySpec("ftrl.ivalues", ITEM, (), "float64"),
+    def user_specs(self):
+        return [
+            ArraySpec("feat.u", ROW, (MAX_USER_FEATURES,), "uint64"),
+            ArraySpec("feat.nu", ROW, (), "int64"),
+            ArraySpec("ftrl.ulikes", ROW, (), "float64"),
+            ArraySpec("ftrl.uevents", ROW, (), "float64"),
+            ArraySpec("ftrl.udev", ROW, (), "float64"),
         ]
 
-    def run(self, p, F, k, core, out, scores):
-        a = self.arrays
-        pr = self.params
-        return K.ftrl_batch(
-            p.U, p.I, p.Y, p.V, p.T, F, k, a["feat.u"], a["feat.nu"], a["feat.i"], a["feat.ni"], p.ctx_ptr, p.ctx_hash,
-            a["ftrl.z"], a["ftrl.n"], a["ftrl.dirty"],
-            ftrl_hp(pr.alpha, pr.beta, pr.l1, pr.l2, pr.crosses, pr.normalize, pr.stats, pr.stats_prior),
-            (a["ftrl.ulikes"], a["ftrl.uevents"], a["ftrl.ilikes"], a["ftrl.ievents"], a["ftrl.glob"], a["ftrl.udev"],
-             a["ftrl.ivalues"]), core, out, scores,
-        )
+    def item_specs(self):
+        return ftrl_globals("ftrl", self.params.bits) + [
+            ArraySpec("feat.i", ROW, (MAX_ITEM_FEATURES,), "uint64"),
+            ArraySpec("feat.ni", ROW, (), "int64"),
+            ArraySpec("ftrl.ilikes", ROW, (), "float64"),
+            ArraySpec("ftrl.ievents", ROW, (), "float64"),
+            ArraySpec("ftrl.ivalues", ROW, (), "float64"),
+            ArraySpec("ftrl.glob", GLOBAL, (3,), "float64"),
+        ]
+
+    def kernel_state(self, users, items, k):
+        u, i = users.arrays, items.arrays
+        cap = row_capacity(MAX_USER_FEATURES, MAX_ITEM_FEATURES, MAX_CONTEXT_FEATURES)
+        return FTRLK(u["feat.u"], u["feat.nu"], u["ftrl.ulikes"], u["ftrl.uevents"], u["ftrl.udev"],
+                     i["feat.i"], i["feat.ni"], i["ftrl.ilikes"], i["ftrl.ievents"], i["ftrl.ivalues"],
+                     i["ftrl.z"], i["ftrl.n"], i["ftrl.dirty"], i["ftrl.glob"], pack(FTRLHP, self.params),
+                     np.empty(cap, np.int64), np.empty(cap), np.empty(cap), np.zeros(2), np.zeros(0, np.uint64))

@@ -7,12 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import scratch
 from ..kernels import hybrid as K
+from ..kernels.ftrl import FTRLHP
+from ..kernels.implicit import ImplicitHP
+from ..kernels.itemknn import ItemKNNHP
 from ..state import GLOBAL, ArraySpec
-from .base import Model, Params
-from .implicit import ImplicitParams, implicit_hp, implicit_specs
-from .itemknn import ItemKNNParams, itemknn_hp, itemknn_specs
-from .ftrl import ftrl_hp
+from .base import Model, Params, pack
+from .implicit import ImplicitParams, implicit_item_specs, implicit_state, implicit_user_specs
+from .itemknn import ItemKNNParams, itemknn_item_specs, itemknn_state
+from .ftrl import FTRLParams
 
 
 @dataclass(frozen=True)
@@ -32,36 +36,46 @@ class HybridParams(Params):
     l1: float = 0.0
     l2: float = 1.0
 
+    POSITIVE = ("dim", "lr", "window", "recent", "alpha")
+    NON_NEGATIVE = ("reg", "negatives", "candidates", "factor_candidates", "pop_candidates", "rerank_negatives",
+                    "beta", "l1", "l2")
+
     def implicit(self) -> ImplicitParams:
         return ImplicitParams(dim=self.dim, lr=self.lr, reg=self.reg, negatives=self.negatives)
 
     def itemknn(self) -> ItemKNNParams:
         return ItemKNNParams(window=self.window, recent=self.recent)
 
+    def reranker(self) -> FTRLParams:
+        return FTRLParams(alpha=self.alpha, beta=self.beta, l1=self.l1, l2=self.l2)
+
 
 class HybridModel(Model):
     name = "hybrid"
+    params_type = HybridParams
 
-    def specs(self):
+    def user_specs(self):
+        return implicit_user_specs("imp", self.params.dim)
+
+    def item_specs(self):
         n = K.N_FEAT * K.N_BUCKETS
-        return (
-            implicit_specs("imp", self.params.dim, False)
-            + itemknn_specs("knn")
-            + [ArraySpec("rr.z", GLOBAL, (n,), "float64"), ArraySpec("rr.n", GLOBAL, (n,), "float64")]
-        )
+        return (implicit_item_specs("imp", self.params.dim, False) + itemknn_item_specs("knn")
+                + [ArraySpec("rr.z", GLOBAL, (n,), "float64"), ArraySpec("rr.n", GLOBAL, (n,), "float64")])
 
-    def run(self, p, F, k, core, out, scores):
-        a = self.arrays
-        pr = self.params
-        hhp = np.zeros(K.HP_SIZE)
-        hhp[K.HP_NCAND] = pr.candidates
-        hhp[K.HP_NNEG] = pr.rerank_negatives
-        hhp[K.HP_NCAND_MF] = pr.factor_candidates
-        hhp[K.HP_NCAND_POP] = pr.pop_candidates
-        s_knn = np.empty_like(scores)
-        return K.hybrid_batch(
-            p.U, p.I, p.T, F, k, a["imp.P"], a["imp.Q"], a["imp.b"], a["imp.cu"], a["imp.ci"],
-            implicit_hp(pr.implicit()), a["knn.C"], a["knn.n"], a["knn.inv"], itemknn_hp(pr.itemknn()),
-            a["rr.z"], a["rr.n"], ftrl_hp(pr.alpha, pr.beta, pr.l1, pr.l2), hhp, core, out,
-            scores, s_knn, np.zeros((1, 1), np.int8), np.zeros(1, np.float32),
+    def kernel_state(self, users, items, k):
+        p = self.params
+        cap = items.arrays.cap
+        n_cand = max(p.candidates, p.factor_candidates, p.pop_candidates, 1)
+        i = items.arrays
+        return K.HybridK(
+            implicit_state("imp", users, items, pack(ImplicitHP, p.implicit())),
+            itemknn_state("knn", items, pack(ItemKNNHP, p.itemknn())),
+            i["rr.z"], i["rr.n"], pack(FTRLHP, p.reranker()), pack(K.HybridHP, p),
+            scratch.array("hybrid.s_knn", cap, np.float64),
+            scratch.array("hybrid.rank_mf", cap, np.int32, -1), scratch.array("hybrid.rank_knn", cap, np.int32, -1),
+            scratch.array("hybrid.rank_pop", cap, np.int32, -1),
+            np.empty(3 * n_cand, np.int64), np.empty(3 * n_cand), np.empty(n_cand, np.int32), np.empty(n_cand),
+            np.empty(K.N_FEAT, np.int64), np.empty(K.N_FEAT), np.empty(K.N_FEAT),
+            np.zeros(1, np.uint8),  # dirty chunks of rr_z/rr_n: the re-ranker is stored whole
+            np.zeros(4),
         )

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import implicit as K
-from ..state import ITEM, USER, ArraySpec
-from .base import Model, Params
+from ..kernels.implicit import ImplicitHP, ImplicitK
+from ..state import ROW, ArraySpec
+from .base import Model, Params, pack
 
 
 @dataclass(frozen=True)
@@ -23,44 +23,41 @@ class ImplicitParams(Params):
     neg_tries: int = 4  # draws per negative before giving up (catalog nearly exhausted)
     quantized: bool = False
 
+    POSITIVE = ("dim", "lr", "neg_tries")
+    NON_NEGATIVE = ("reg", "bias_reg", "init_std", "negatives")
 
-def implicit_specs(prefix: str, dim: int, quantized: bool) -> list[ArraySpec]:
-    s = [
-        ArraySpec(f"{prefix}.P", USER, (dim,), "float32"),
-        ArraySpec(f"{prefix}.Q", ITEM, (dim,), "float32"),
-        ArraySpec(f"{prefix}.b", ITEM, (), "float64"),
-        ArraySpec(f"{prefix}.cu", USER, (), "int64"),
-        ArraySpec(f"{prefix}.ci", ITEM, (), "int64"),
+
+def implicit_user_specs(prefix: str, dim: int) -> list[ArraySpec]:
+    return [ArraySpec(f"{prefix}.P", ROW, (dim,), "float32"), ArraySpec(f"{prefix}.cu", ROW, (), "int64")]
+
+
+def implicit_item_specs(prefix: str, dim: int, quantized: bool) -> list[ArraySpec]:
+    return [
+        ArraySpec(f"{prefix}.Q", ROW, (dim,), "float32"),
+        ArraySpec(f"{prefix}.b", ROW, (), "float64"),
+        ArraySpec(f"{prefix}.ci", ROW, (), "int64"),
+        # the int8 copy the ranking reads: derived from Q
+        ArraySpec(f"{prefix}.Q8", ROW, (dim if quantized else 1,), "int8", stored=False),
+        ArraySpec(f"{prefix}.qs", ROW, (), "float32", stored=False),
     ]
-    if quantized:
-        s += [ArraySpec(f"{prefix}.Q8", ITEM, (dim,), "int8"), ArraySpec(f"{prefix}.qs", ITEM, (), "float32")]
-    return s
 
 
-def implicit_hp(p: ImplicitParams) -> np.ndarray:
-    hp = np.zeros(K.HP_SIZE)
-    hp[K.HP_LR] = p.lr
-    hp[K.HP_REG] = p.reg
-    hp[K.HP_BREG] = p.bias_reg
-    hp[K.HP_INIT] = p.init_std
-    hp[K.HP_ISGD] = 1.0 if p.isgd else 0.0
-    hp[K.HP_NNEG] = p.negatives
-    hp[K.HP_NEG_TRIES] = p.neg_tries
-    return hp
+def implicit_state(prefix: str, users, items, hp: ImplicitHP) -> ImplicitK:
+    u, i = users.arrays, items.arrays
+    p = prefix
+    return ImplicitK(u[f"{p}.P"], u[f"{p}.cu"], i[f"{p}.Q"], i[f"{p}.b"], i[f"{p}.ci"], i[f"{p}.Q8"], i[f"{p}.qs"], hp,
+                     np.empty(u[f"{p}.P"].shape[1]))
 
 
 class ImplicitModel(Model):
     name = "implicit"
+    params_type = ImplicitParams
 
-    def specs(self):
-        return implicit_specs("imp", self.params.dim, self.params.quantized)
+    def user_specs(self):
+        return implicit_user_specs("imp", self.params.dim)
 
-    def run(self, p, F, k, core, out, scores):
-        a = self.arrays
-        q = self.params.quantized
-        Q8 = a["imp.Q8"] if q else np.zeros((1, 1), np.int8)
-        qs = a["imp.qs"] if q else np.zeros(1, np.float32)
-        return K.implicit_batch(
-            p.U, p.I, p.T, F, k, a["imp.P"], a["imp.Q"], a["imp.b"], a["imp.cu"], a["imp.ci"],
-            implicit_hp(self.params), Q8, qs, q, core, out, scores,
-        )
+    def item_specs(self):
+        return implicit_item_specs("imp", self.params.dim, self.params.quantized)
+
+    def kernel_state(self, users, items, k):
+        return implicit_state("imp", users, items, pack(ImplicitHP, self.params))

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..kernels import itemknn as K
-from ..state import ITEM, ITEM2, ArraySpec
-from .base import Model, Params
+from ..kernels.itemknn import ItemKNNHP, ItemKNNK
+from ..state import ROW, SQUARE, ArraySpec
+from .base import Model, Params, pack
 
 
 @dataclass(frozen=True)
@@ -20,32 +18,30 @@ class ItemKNNParams(Params):
     beta: float = 0.7  # similarity normalisation exponent (0.5: cosine; higher damps popular items)
     pop_weight: float = 0.01  # popularity term (orders items no recent item points to)
 
+    POSITIVE = ("window", "recent")
+    NON_NEGATIVE = ("pop_weight",)
+    UNIT = ("gamma", "alpha", "beta")
 
-def itemknn_specs(prefix: str) -> list[ArraySpec]:
+
+def itemknn_item_specs(prefix: str) -> list[ArraySpec]:
     return [
-        ArraySpec(f"{prefix}.C", ITEM2, (), "float32"),
-        ArraySpec(f"{prefix}.n", ITEM, (), "float64"),
-        ArraySpec(f"{prefix}.inv", ITEM, (), "float64"),  # n^-(1-beta), derived from n
+        ArraySpec(f"{prefix}.C", SQUARE, (), "float32"),
+        ArraySpec(f"{prefix}.n", ROW, (), "float64"),
+        ArraySpec(f"{prefix}.inv", ROW, (), "float64"),  # n^-(1-beta), kept with n
     ]
 
 
-def itemknn_hp(p: ItemKNNParams) -> np.ndarray:
-    hp = np.zeros(K.HP_SIZE)
-    hp[K.HP_WINDOW] = p.window
-    hp[K.HP_GAMMA] = p.gamma
-    hp[K.HP_L] = p.recent
-    hp[K.HP_ALPHA] = p.alpha
-    hp[K.HP_BETA] = p.beta
-    hp[K.HP_POPW] = p.pop_weight
-    return hp
+def itemknn_state(prefix: str, items, hp: ItemKNNHP) -> ItemKNNK:
+    i = items.arrays
+    return ItemKNNK(i[f"{prefix}.C"], i[f"{prefix}.n"], i[f"{prefix}.inv"], hp)
 
 
 class ItemKNNModel(Model):
     name = "itemknn"
+    params_type = ItemKNNParams
 
-    def specs(self):
-        return itemknn_specs("knn")
+    def item_specs(self):
+        return itemknn_item_specs("knn")
 
-    def run(self, p, F, k, core, out, scores):
-        a = self.arrays
-        return K.itemknn_batch(p.U, p.I, p.T, F, k, a["knn.C"], a["knn.n"], a["knn.inv"], itemknn_hp(self.params), core, out, scores)
+    def kernel_state(self, users, items, k):
+        return itemknn_state("knn", items, pack(ItemKNNHP, self.params))

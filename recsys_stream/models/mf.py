@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..events import RATING
-from ..kernels import mf as K
-from ..kernels.core import EVALUATE, LEARN, RANK
-from ..state import GLOBAL, ITEM, USER, ArraySpec
-from .base import Model, Params, Prepared
+from ..kernels.layout import EVALUATE, LEARN, RANK
+from ..kernels.mf import MFHP, MFK
+from ..state import GLOBAL, ROW, ArraySpec
+from .base import Model, Params, pack
 
 
 @dataclass(frozen=True)
@@ -29,61 +29,46 @@ class MFParams(Params):
     rating_max: float = 5.0
     quantized: bool = False  # rank on an int8 copy of the item factors
 
+    POSITIVE = ("dim", "lr")
+    NON_NEGATIVE = ("reg", "user_bias_lr_min", "user_bias_prior", "item_bias_lr_min", "item_bias_prior", "bias_reg",
+                    "init_std")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.rating_min < self.rating_max:
+            raise ValueError(f"rating_min must be below rating_max, got {self.rating_min} and {self.rating_max}")
+
 
 class MFModel(Model):
     name = "mf"
     predicts_rating = True
     ranks = False
+    params_type = MFParams
 
-    def specs(self):
-        p = self.params
-        s = [
-            ArraySpec("mf.P", USER, (p.dim,), "float32"),
-            ArraySpec("mf.Q", ITEM, (p.dim,), "float32"),
-            ArraySpec("mf.bu", USER, (), "float64"),
-            ArraySpec("mf.bi", ITEM, (), "float64"),
-            ArraySpec("mf.cu", USER, (), "int64"),
-            ArraySpec("mf.ci", ITEM, (), "int64"),
-            ArraySpec("mf.gu", USER, (), "float64"),
-            ArraySpec("mf.gi", ITEM, (), "float64"),
-            ArraySpec("mf.glob", GLOBAL, (2,), "float64"),
-        ]
-        if p.quantized:
-            s += [ArraySpec("mf.Q8", ITEM, (p.dim,), "int8"), ArraySpec("mf.qs", ITEM, (), "float32")]
-        return s
+    def user_specs(self):
+        d = self.params.dim
+        return [ArraySpec("mf.P", ROW, (d,), "float32"), ArraySpec("mf.bu", ROW, (), "float64"),
+                ArraySpec("mf.cu", ROW, (), "int64"), ArraySpec("mf.gu", ROW, (), "float64")]
 
-    def hp(self) -> np.ndarray:
-        p = self.params
-        hp = np.zeros(K.HP_SIZE)
-        hp[K.HP_LR] = p.lr
-        hp[K.HP_REG] = p.reg
-        hp[K.HP_UBIAS_MIN] = p.user_bias_lr_min
-        hp[K.HP_UBIAS_C] = p.user_bias_prior
-        hp[K.HP_BIAS_REG] = p.bias_reg
-        hp[K.HP_INIT] = p.init_std
-        hp[K.HP_ADAGRAD] = 1.0 if p.adagrad else 0.0
-        hp[K.HP_LO] = p.rating_min
-        hp[K.HP_HI] = p.rating_max
-        hp[K.HP_MU0] = 0.5 * (p.rating_min + p.rating_max)
-        hp[K.HP_IBIAS_MIN] = p.item_bias_lr_min
-        hp[K.HP_IBIAS_C] = p.item_bias_prior
-        return hp
+    def item_specs(self):
+        d = self.params.dim
+        return [ArraySpec("mf.Q", ROW, (d,), "float32"), ArraySpec("mf.bi", ROW, (), "float64"),
+                ArraySpec("mf.ci", ROW, (), "int64"), ArraySpec("mf.gi", ROW, (), "float64"),
+                ArraySpec("mf.glob", GLOBAL, (2,), "float64"),
+                # the int8 copy the ranking reads: derived from mf.Q
+                ArraySpec("mf.Q8", ROW, (d if self.params.quantized else 1,), "int8", stored=False),
+                ArraySpec("mf.qs", ROW, (), "float32", stored=False)]
 
-    def flags(self, p: Prepared, evaluate: bool) -> np.ndarray:
-        is_rating = p.etype == RATING
+    def kernel_state(self, users, items, k):
+        u, i = users.arrays, items.arrays
+        return MFK(u["mf.P"], u["mf.bu"], u["mf.cu"], u["mf.gu"], i["mf.Q"], i["mf.bi"], i["mf.ci"], i["mf.gi"],
+                   i["mf.glob"], i["mf.Q8"], i["mf.qs"], pack(MFHP, self.params), np.zeros(4))
+
+    def flags(self, etype, evaluate):
+        is_rating = etype == RATING
         f = np.where(is_rating, LEARN, 0).astype(np.int32)
         if evaluate:
             f |= np.where(is_rating, EVALUATE, 0).astype(np.int32)
             if self.rank:
                 f |= RANK
         return f
-
-    def run(self, p, F, k, core, out, scores):
-        a = self.arrays
-        q = self.params.quantized
-        Q8 = a["mf.Q8"] if q else np.zeros((1, 1), np.int8)
-        qs = a["mf.qs"] if q else np.zeros(1, np.float32)
-        return K.mf_batch(
-            p.U, p.I, p.V, p.T, F, k, a["mf.P"], a["mf.Q"], a["mf.bu"], a["mf.bi"], a["mf.cu"], a["mf.ci"],
-            a["mf.gu"], a["mf.gi"], a["mf.glob"], self.hp(), Q8, qs, q, core, out, scores,
-        )

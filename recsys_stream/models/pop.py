@@ -1,11 +1,11 @@
 """``pop``: recency-decayed popularity (see ``kernels.popularity``); the baseline and the
-fallback list of a user nobody knows yet. Its state is the shard's shared popularity."""
+fallback list of a user nobody knows yet. Its state is the item side's popularity."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..kernels.baseline import pop_batch
+from ..kernels.baseline import PopK
 from .base import Model, Params
 
 
@@ -16,9 +16,7 @@ class PopParams(Params):
 
 class PopModel(Model):
     name = "pop"
+    params_type = PopParams
 
-    def specs(self):
-        return []
-
-    def run(self, p, F, k, core, out, scores):
-        return pop_batch(p.U, p.I, p.T, F, k, core, out, scores)
+    def kernel_state(self, users, items, k):
+        return PopK(0)  # no parameters

@@ -1,0 +1,165 @@
+"""The one prequential loop every model runs through, and the steps a model provides.
+
+For each event of a batch, in order::
+
+    prep         the model's per-event work shared by the next steps (candidates, features)
+    rank         if RANK: the top-k before learning -> out.topk[e], out.pos[e]
+    predict      if EVALUATE: the rating / like probability before learning -> out.pred[e]
+    learn_pre    if LEARN: updates that must see the user's history *without* this event
+    observe      unless PEEK: record the interaction (seen set, history, counts, popularity)
+    learn_post   if LEARN: updates that must see it *with* this event (e.g. sampling
+                 negatives among items the user does not have, this one included)
+    recommend    if WANT_LIST: the user's list after the event -> out.lst[e], out.lst_sc[e]
+
+so "evaluate, then learn" and where each model learns relative to ``observe`` are written
+once, here, and each model states which learn step it uses (in its module docstring).
+
+A model registers its steps for the type of its state tuple (a ``namedtuple`` class of
+its arrays and hyper-parameters)::
+
+    register_steps(MFK, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn,
+                   recommend=mf_recommend)
+
+Each step is an ``@njit`` function with the signature of its stub below; a step a model
+does not register is a no-op (``predict`` then gives NaN, the learn steps succeed,
+``rank``/``recommend`` return 0 items). A learn step returns False when a parameter became
+NaN or Inf: the loop stops and returns the event's index (the caller raises
+``ModelDivergedError``); it returns -1 when the batch completed.
+
+Dispatch is by the type of the model tuple at compile time (``numba.extending.overload``),
+so ``prequential`` is compiled once per model, cached on disk, and calls the steps inline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .core import observe
+from .layout import EVALUATE, LEARN, PEEK, RANK, WANT_LIST
+from .topk import position_in
+
+_STEPS: dict = {}
+STEP_NAMES = ("prep", "rank", "predict", "learn_pre", "learn_post", "recommend")
+
+
+def register_steps(state_cls, **steps) -> None:
+    """Register a model's steps for its state tuple type (see the module docstring)."""
+    bad = set(steps) - set(STEP_NAMES)
+    if bad:
+        raise ValueError(f"unknown step(s) {sorted(bad)}; the steps are {', '.join(STEP_NAMES)}")
+    _STEPS[state_cls] = dict(steps)
+
+
+def registered_steps(state_cls) -> dict:
+    return dict(_STEPS.get(state_cls, {}))
+
+
+# -- the stubs: their signatures are the contract -----------------------------------------
+
+
+def step_prep(m, us, it, sc, b, e):
+    raise NotImplementedError
+
+
+def step_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    raise NotImplementedError
+
+
+def step_predict(m, us, it, sc, b, e):
+    raise NotImplementedError
+
+
+def step_learn_pre(m, us, it, sc, b, e):
+    raise NotImplementedError
+
+
+def step_learn_post(m, us, it, sc, b, e):
+    raise NotImplementedError
+
+
+def step_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    raise NotImplementedError
+
+
+def _impl(m, name):
+    cls = m.instance_class if isinstance(m, types.BaseNamedTuple) else None
+    return _STEPS.get(cls, {}).get(name)
+
+
+@overload(step_prep, inline="always")
+def _ov_prep(m, us, it, sc, b, e):
+    f = _impl(m, "prep")
+    if f is None:
+        return lambda m, us, it, sc, b, e: None
+    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+
+
+@overload(step_rank, inline="always")
+def _ov_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    f = _impl(m, "rank")
+    if f is None:
+        return lambda m, us, it, sc, b, e, k, out_idx, out_sc: 0
+    return lambda m, us, it, sc, b, e, k, out_idx, out_sc: f(m, us, it, sc, b, e, k, out_idx, out_sc)
+
+
+@overload(step_predict, inline="always")
+def _ov_predict(m, us, it, sc, b, e):
+    f = _impl(m, "predict")
+    if f is None:
+        return lambda m, us, it, sc, b, e: np.nan
+    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+
+
+@overload(step_learn_pre, inline="always")
+def _ov_learn_pre(m, us, it, sc, b, e):
+    f = _impl(m, "learn_pre")
+    if f is None:
+        return lambda m, us, it, sc, b, e: True
+    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+
+
+@overload(step_learn_post, inline="always")
+def _ov_learn_post(m, us, it, sc, b, e):
+    f = _impl(m, "learn_post")
+    if f is None:
+        return lambda m, us, it, sc, b, e: True
+    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+
+
+@overload(step_recommend, inline="always")
+def _ov_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    f = _impl(m, "recommend")
+    if f is None:
+        return lambda m, us, it, sc, u, t, k, out_idx, out_sc: 0
+    return lambda m, us, it, sc, u, t, k, out_idx, out_sc: f(m, us, it, sc, u, t, k, out_idx, out_sc)
+
+
+@njit(cache=True, nogil=True)
+def prequential(m, us, it, sc, b, k, out):
+    """Run every event of ``b`` through the model's steps (see the module docstring)."""
+    sc_k = sc.sc_k
+    for e in range(b.U.shape[0]):
+        u = b.U[e]
+        i = b.I[e]
+        f = b.F[e]
+        step_prep(m, us, it, sc, b, e)
+        if f & RANK:
+            c = step_rank(m, us, it, sc, b, e, k, out.topk[e], sc_k)
+            out.pos[e] = position_in(out.topk[e], c, i) if i < it.n[0] else -1
+        if f & EVALUATE:
+            out.pred[e] = step_predict(m, us, it, sc, b, e)
+        if f & LEARN:
+            if not step_learn_pre(m, us, it, sc, b, e):
+                return e
+        if not (f & PEEK):
+            observe(us, it, u, i, b.T[e], 1.0)
+        if f & LEARN:
+            if not step_learn_post(m, us, it, sc, b, e):
+                return e
+        if f & WANT_LIST:
+            step_recommend(m, us, it, sc, u, b.T[e], k, out.lst[e], sc_k)
+            for r in range(k):
+                out.lst_sc[e, r] = sc_k[r]
+    return -1
