@@ -4,6 +4,7 @@
 #   scripts/kafka-dev.sh start          # resolve jars (first time), format, start, wait; prints bootstrap address last
 #   scripts/kafka-dev.sh stop [--clean] # stop the broker started by `start`; --clean also deletes the data dir
 #   scripts/kafka-dev.sh status         # exit 0 if running, 1 if not
+#   scripts/kafka-dev.sh jars           # resolve jars (first time) and print their directory (no broker)
 #
 # Needs only Java 17+ and Maven (jars come from Maven Central via `mvn`, once, into a local cache).
 # Progress goes to stderr; `start` prints the bootstrap address as the last line of stdout, so
@@ -54,7 +55,7 @@ log() { printf 'kafka-dev: %s\n' "$*" >&2; }
 die() { printf 'kafka-dev: ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    echo "usage: $0 start | stop [--clean] | status" >&2
+    echo "usage: $0 start | stop [--clean] | status | jars" >&2
     exit 2
 }
 
@@ -404,5 +405,6 @@ case "${1:-}" in
     start) [[ $# -eq 1 ]] || usage; cmd_start ;;
     stop) shift; [[ $# -le 1 ]] || usage; cmd_stop "$@" ;;
     status) [[ $# -eq 1 ]] || usage; cmd_status ;;
+    jars) [[ $# -eq 1 ]] || usage; ensure_jars; echo "$LIB_DIR" ;;
     *) usage ;;
 esac
