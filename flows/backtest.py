@@ -17,21 +17,9 @@ from recsys_stream.io.replay import ReplaySource, RunClock
 from recsys_stream.io.sinks import ListsSink, MetricsSink
 from recsys_stream.metrics import MetricsAccumulator
 from recsys_stream.models import MODELS
+from recsys_stream.settings import BacktestSettings
 
-from .recsys import FlowSettings, build_flow
-
-
-@dataclass(frozen=True)
-class BacktestSettings:
-    flow: FlowSettings = FlowSettings()
-    workers: int = 1  # Bytewax worker threads in this process
-    batch_size: int = 4096  # events per source batch
-    passes: int = 1
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+from .recsys import build_flow
 
 
 @dataclass

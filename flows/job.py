@@ -36,10 +36,10 @@ from recsys_stream.io.sinks import MetricsSink, StdoutListsSink
 from recsys_stream.metrics import MetricsAccumulator
 from recsys_stream.models import MODELS
 from recsys_stream.obs import NullMetrics
-from recsys_stream.shard import ShardSettings
+from recsys_stream.settings import CheckpointSettings, FlowSettings, shard_settings
 from recsys_stream.storage import FORMAT, CheckpointError
 
-from .recsys import CheckpointSettings, FlowSettings, build_flow
+from .recsys import build_flow
 
 log = logging.getLogger("recsys_stream.job")
 
@@ -50,19 +50,6 @@ class Job:
     config: RunConfig
     settings: FlowSettings
     metrics: MetricsSink | None = None  # prequential metrics (embedded stream, or with evaluate)
-
-
-def cluster_size(cfg: RunConfig) -> int:
-    """Total workers of the cluster: workers per process x processes."""
-    processes = len([a for a in cfg.addresses.split(";") if a.strip()]) if cfg.addresses else 1
-    return cfg.workers * max(processes, 1)
-
-
-def shard_settings(cfg: RunConfig) -> ShardSettings:
-    params = MODELS[cfg.model].params_type().replace(**dict(cfg.params))
-    return ShardSettings(model=cfg.model, params=params, k=cfg.k, seed=cfg.seed, half_life_days=cfg.half_life_days,
-                         evaluate=cfg.evaluate, dedupe_window_s=cfg.dedupe_window_s,
-                         min_user_events=cfg.min_user_events, ttl_s=cfg.ttl_s)
 
 
 def prepare_checkpoint_dir(cfg: RunConfig) -> tuple[int, Path]:
@@ -84,9 +71,9 @@ def prepare_checkpoint_dir(cfg: RunConfig) -> tuple[int, Path]:
             if meta.get("model") != cfg.model:
                 raise CheckpointError(f"{root}: made for model {meta.get('model')!r}, this job runs {cfg.model!r}")
             return int(meta["n_shards"]), rec
-        n_shards = cluster_size(cfg)
-        if n_shards > cfg.recovery_partitions:
-            raise CheckpointError(f"{cluster_size(cfg)} workers need at least as many recovery partitions; "
+        n_shards = cfg.n_shards()
+        if cfg.cluster_size() > cfg.recovery_partitions:
+            raise CheckpointError(f"{cfg.cluster_size()} workers need at least as many recovery partitions; "
                                   f"raise --recovery-partitions (now {cfg.recovery_partitions})")
         if not rec.exists():
             rec.mkdir()
@@ -131,7 +118,7 @@ def lock_checkpoint_dir(cfg: RunConfig) -> None:
 
 def build_job(cfg: RunConfig, metrics=None) -> Job:
     metrics = metrics or NullMetrics()
-    n_shards = cluster_size(cfg)
+    n_shards = cfg.n_shards()
     checkpoint = None
     if cfg.checkpoint_dir:
         n_shards, _rec = prepare_checkpoint_dir(cfg)

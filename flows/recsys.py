@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -38,39 +37,12 @@ from recsys_stream.obs import NullMetrics
 from recsys_stream.records import list_record
 from recsys_stream.refresh import RefreshPolicy
 from recsys_stream.routing import UserRouter, shard_keys
-from recsys_stream.shard import Shard, ShardResult, ShardSettings, occurrence
+from recsys_stream.settings import CheckpointSettings, FlowSettings
+from recsys_stream.shard import Shard, ShardResult, occurrence
 from recsys_stream.storage import FORMAT, CheckpointError, Store
 
 
 log = logging.getLogger("recsys_stream.flow")
-
-
-@dataclass(frozen=True)
-class CheckpointSettings:
-    """Where and how shards keep their state (LMDB, see ``recsys_stream.storage``)."""
-
-    path: str  # the LMDB environment's directory
-    map_gb: float = 64.0  # LMDB map size (the file grows only as used)
-    fallback: bool = False  # resume from the newest intact older generation if the named one is unusable
-
-
-@dataclass(frozen=True)
-class FlowSettings:
-    """What the factory needs; validated and immutable."""
-
-    shard: ShardSettings = ShardSettings()
-    n_shards: int = 1  # key groups of users; fixed for the life of a checkpoint
-    flow_id: str = "recsys"
-    # None: lists as ShardSettings.lists says (backtests); a number: the refresh policy
-    refresh_interval_s: float | None = None
-    max_lateness_s: float = 0.0  # raw input: events this far behind their partition's latest are dead letters
-    checkpoint: CheckpointSettings | None = None
-
-    def __post_init__(self):
-        if self.n_shards < 1:
-            raise ValueError(f"n_shards must be >= 1, got {self.n_shards}")
-        if self.shard.ttl_s > 0 and self.checkpoint is None:
-            raise ValueError("a TTL needs a checkpoint directory: expired users are kept there")
 
 
 class Router:

@@ -1,109 +1,188 @@
-"""Configuration of the deployed job: a TOML file, environment variables and flags.
+"""Settings of the job and the backtest: one declaration serves flags, environment and TOML.
 
-Precedence: flags override the environment, which overrides the file, which overrides
-the defaults. Every setting has one name in each place:
+Every setting is a field of ``RunConfig`` (both commands) or ``BacktestConfig`` (the
+backtest's own), with its default, its help and the commands that take it declared once,
+in the field. ``add_flags`` makes the command-line options from those declarations
+(``--input-topic`` for ``input_topic``), ``from_env`` reads ``RECSYS_<NAME>``, ``from_toml``
+the ``[job]`` table of a TOML file, and ``load_config`` merges them:
 
-==========================  ===============================  ==========================
-TOML (``[job]`` table)      environment                      flag
-==========================  ===============================  ==========================
-brokers                     RECSYS_BROKERS                   --brokers
-input_topic                 RECSYS_INPUT_TOPIC               --input-topic
-output_topic                RECSYS_OUTPUT_TOPIC              --output-topic
-dead_letter_topic           RECSYS_DEAD_LETTER_TOPIC         --dead-letter-topic
-items_topic                 RECSYS_ITEMS_TOPIC               --items-topic
-start                       RECSYS_START                     --start (earliest|latest)
-partitions                  RECSYS_PARTITIONS                --partitions
-replication                 RECSYS_REPLICATION               --replication
-model                       RECSYS_MODEL                     --model
-k                           RECSYS_K                         --k
-refresh_interval_s          RECSYS_REFRESH_INTERVAL_S        --refresh-interval
-workers                     RECSYS_WORKERS                   --workers
-checkpoint_dir              RECSYS_CHECKPOINT_DIR            --checkpoint-dir
-checkpoint_interval_s       RECSYS_CHECKPOINT_INTERVAL_S     --checkpoint-interval
-...                         (see ``FIELDS``)
-==========================  ===============================  ==========================
+    flags > RECSYS_* environment > TOML file (``--config``) > defaults
 
-Model parameters live in ``[model.params]`` (or ``RECSYS_PARAM_<NAME>``, or
-``--param NAME=VALUE``); librdkafka settings in ``[kafka]`` (or ``RECSYS_KAFKA_<NAME>``
-with dots as double underscores, e.g. ``RECSYS_KAFKA_SASL__PASSWORD``, or
-``--kafka NAME=VALUE``) and are passed through to every client. Secrets (passwords,
-keys, tokens) are never logged: ``RunConfig.describe()`` redacts them.
+Model parameters live in ``[model.params]`` (or ``RECSYS_PARAM_<NAME>``, or ``--param
+NAME=VALUE``, or a shortcut flag such as ``--dim``); librdkafka settings in ``[kafka]`` (or
+``RECSYS_KAFKA_<NAME>`` with dots as double underscores, e.g. ``RECSYS_KAFKA_SASL__PASSWORD``,
+or ``--kafka NAME=VALUE``) and are passed through to every client. Secrets (passwords,
+keys, tokens, OAuth configurations) are never logged: ``RunConfig.describe()`` redacts them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Mapping
 
-SECRET_MARKERS = ("password", "secret", "key", "token", "credential", "jaas")
+from .models import DEFAULT_MODEL, MODELS
+
+RUN, BACKTEST = "run", "backtest"
+BOTH = (RUN, BACKTEST)
+# the longest list a job computes: lists are arrays of (events x k) per batch
+MAX_K = 1000
+SECRET_MARKERS = ("password", "secret", "key", "token", "credential", "jaas", "oauthbearer", "pem", "keytab")
+# model parameters with a flag of their own (``--dim`` is ``--param dim=...``)
+PARAM_FLAGS = {"dim": int, "lr": float, "reg": float, "negatives": int, "window": int, "recent": int,
+               "like_threshold": float, "quantized": bool, "adagrad": bool}
 
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or contradictory; the message names it and its source."""
 
 
+def opt(help: str, commands=BOTH, flag: str | None = None, metavar: str | None = None, choices=None,
+        defaults: Mapping | None = None) -> dict:
+    """Field metadata: the help text, the commands that take the setting, its flag (default:
+    the name with dashes, ``_s`` dropped), and per-command defaults."""
+    return {"help": help, "commands": commands, "flag": flag, "metavar": metavar, "choices": choices,
+            "defaults": dict(defaults or {})}
+
+
+def setting(default, help: str, **kw):
+    return field(default=default, metadata=opt(help, **kw))
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    brokers: str = ""  # empty: the embedded generated stream, lists to stdout
-    input_topic: str = "interactions"
-    output_topic: str = "recommendations"
-    dead_letter_topic: str = "interactions-dead-letter"
-    items_topic: str = ""  # optional catalog topic: {"item": ID, "op": "add"|"retire"}
-    start: str = "earliest"  # where to start without a checkpoint
-    partitions: int = 3  # of topics this job creates
-    replication: int = 1
-    model: str = "itemknn"
-    k: int = 10
-    seed: int = 42
-    half_life_days: float = 7.0
-    refresh_interval_s: float = 1.0  # at most one list per user per interval (0: every batch)
-    dedupe_window_s: float = 3600.0  # a repeated event id within this much event time is dropped
-    max_lateness_s: float = 0.0  # >0: events this far behind the latest event time go to the dead letter
-    evaluate: bool = False  # prequential metrics online (ranking every event costs time)
-    batch_size: int = 2000  # messages per source poll
-    max_rate: float = 0.0  # throttle the input, messages/s per partition (backfills); 0: as fast as it goes
-    workers: int = 1  # Bytewax workers in this process
-    process_id: int | None = None  # with addresses: this process in a Bytewax cluster
-    addresses: str = ""  # "host:port;host:port" of every process of the cluster
-    checkpoint_dir: str = ""  # empty: no recovery
-    checkpoint_interval_s: float = 10.0  # the Bytewax epoch: a checkpoint per interval
-    recovery_partitions: int = 8  # the most workers a checkpoint can ever be rescaled to
-    checkpoint_map_gb: float = 64.0  # LMDB map size (the file grows only as used)
-    checkpoint_fallback: bool = False  # resume from an older intact generation if the named one is unusable
-    ttl_s: float = 0.0  # users idle this long (event time) leave memory; they stay in the checkpoint
-    min_user_events: int = 1  # frequency filter: a user gets state at their Nth event
-    metrics_port: int = 0  # Prometheus endpoint (0: off; each process uses port + process id)
-    rate: float = 200.0  # embedded stream: events per second
-    gen_users: int = 2000
-    gen_items: int = 500
-    gen_events: int = 0  # embedded stream length (0: endless)
-    exit_at_end: bool = False  # Kafka: stop when the input is drained (the end offsets at start)
-    log_format: str = "text"  # text or json
-    params: Mapping[str, Any] = field(default_factory=dict)
-    kafka: Mapping[str, Any] = field(default_factory=dict)
+    # -- what runs: the model, shared by the job and the backtest
+    model: str = setting(DEFAULT_MODEL, "online model", choices=tuple(MODELS))
+    k: int = setting(10, f"list length / ranking cut-off (at most {MAX_K})")
+    seed: int = setting(42, "seed of every random draw")
+    half_life_days: float = setting(7.0, "popularity half-life in event-time days; inf for plain counts",
+                                    flag="--half-life", metavar="DAYS")
+    rank: bool = setting(False, "ranking metrics for mf/ftrl too (slower)")
+    workers: int = setting(1, "Bytewax worker threads in this process")
+    shards: int = setting(0, "user key groups (0: one per worker of the cluster); fixed for a checkpoint's life")
+    batch_size: int = setting(2000, "messages per poll (run) / events per source batch (backtest)",
+                              defaults={BACKTEST: 4096})
+    params: Mapping[str, Any] = field(default_factory=dict, metadata=opt("model parameter", flag="--param",
+                                                                         metavar="KEY=VALUE"))
+    # -- the generated stream (the embedded job; the backtest without DATA)
+    gen_events: int = setting(0, "generated stream: events (run: 0 is endless)", flag=("--gen-events", "--events"),
+                              defaults={BACKTEST: 200_000})
+    gen_users: int = setting(2000, "generated stream: users", defaults={BACKTEST: 5000})
+    gen_items: int = setting(500, "generated stream: items", defaults={BACKTEST: 2000})
+    rate: float = setting(4000.0, "embedded stream: events per second (0: as fast as it goes)", commands=(RUN,))
+    # -- Kafka
+    brokers: str = setting("", "bootstrap servers; omitted: the embedded generated stream", commands=(RUN,))
+    input_topic: str = setting("interactions", "topic of interaction events", commands=(RUN,))
+    output_topic: str = setting("recommendations", "topic the lists go to", commands=(RUN,))
+    dead_letter_topic: str = setting("interactions-dead-letter", "topic of messages that are not valid events",
+                                     commands=(RUN,))
+    items_topic: str = setting("", "catalog operations {item, op: add|retire}", commands=(RUN,))
+    start: str = setting("earliest", "without a checkpoint, where to start reading", commands=(RUN,),
+                         choices=("earliest", "latest"))
+    partitions: int = setting(3, "partitions of the topics the job creates", commands=(RUN,))
+    replication: int = setting(1, "replication factor of the topics the job creates", commands=(RUN,))
+    max_rate: float = setting(0.0, "throttle the input to N messages/s per partition (backfills); 0: off",
+                              commands=(RUN,), metavar="N")
+    exit_at_end: bool = setting(False, "stop once the input is drained (the end offsets at start)", commands=(RUN,))
+    kafka: Mapping[str, Any] = field(default_factory=dict, metadata=opt("librdkafka setting", commands=(RUN,),
+                                                                        metavar="KEY=VALUE"))
+    # -- the job's policies
+    refresh_interval_s: float = setting(1.0, "at most one list per user per S seconds, leading and trailing edge "
+                                        "(0: every batch)", commands=(RUN,), metavar="S")
+    dedupe_window_s: float = setting(3600.0, "a repeated event id within S seconds of event time is dropped",
+                                     commands=(RUN,), metavar="S")
+    max_lateness_s: float = setting(0.0, "events S seconds behind their partition's latest are dead letters (0: off)",
+                                    commands=(RUN,), metavar="S")
+    evaluate: bool = setting(False, "also compute prequential metrics online (ranking every event costs time)",
+                             commands=(RUN,))
+    # -- a cluster of processes
+    process_id: int | None = setting(None, "this process in a Bytewax cluster (with --addresses)", commands=(RUN,))
+    addresses: str = setting("", "host:port;host:port of every process of the cluster", commands=(RUN,))
+    # -- checkpoints
+    checkpoint_dir: str = setting("", "state in LMDB and Bytewax's recovery store here (empty: no recovery)",
+                                  commands=(RUN,))
+    checkpoint_interval_s: float = setting(10.0, "a checkpoint (a Bytewax epoch) every S seconds", commands=(RUN,),
+                                           metavar="S")
+    recovery_partitions: int = setting(8, "Bytewax recovery partitions made at first start", commands=(RUN,))
+    checkpoint_map_gb: float = setting(64.0, "LMDB map size (the file grows only as used)", commands=(RUN,))
+    checkpoint_fallback: bool = setting(False, "if the checkpoint named by the last snapshot is unusable, resume "
+                                        "from an older intact one (the events between are skipped)", commands=(RUN,))
+    ttl_s: float = setting(0.0, "users idle this long (event time) leave memory, kept in the checkpoint",
+                           commands=(RUN,), flag="--ttl", metavar="S")
+    min_user_events: int = setting(1, "frequency filter: a user gets state at their Nth event", commands=(RUN,),
+                                   metavar="N")
+    # -- operations
+    metrics_port: int = setting(0, "Prometheus endpoint port (0: off; each process uses port + process id)",
+                                commands=(RUN,))
+    log_format: str = setting("text", "log lines as text or one JSON object each", commands=(RUN,),
+                              choices=("text", "json"))
 
-    def validate(self) -> "RunConfig":
-        from .models import MODELS
-
+    def validate(self, command: str = RUN) -> "RunConfig":
         if self.model not in MODELS:
             raise ConfigError(f"model: unknown {self.model!r}; expected one of {', '.join(MODELS)}")
         if self.start not in ("earliest", "latest"):
             raise ConfigError(f"start: expected 'earliest' or 'latest', got {self.start!r}")
         for name in ("k", "partitions", "replication", "workers", "batch_size", "recovery_partitions",
-                     "min_user_events"):
+                     "min_user_events", "gen_users", "gen_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.refresh_interval_s < 0 or self.checkpoint_interval_s <= 0:
-            raise ConfigError("refresh_interval_s must be >= 0 and checkpoint_interval_s > 0")
+        if self.k > MAX_K:
+            raise ConfigError(f"k: at most {MAX_K}, got {self.k}")
+        if command == BACKTEST and self.gen_events < 1:
+            raise ConfigError(f"gen_events: must be >= 1, got {self.gen_events}")
+        for name in ("shards", "gen_events", "max_rate", "rate", "refresh_interval_s", "dedupe_window_s",
+                     "max_lateness_s", "ttl_s", "metrics_port"):
+            v = getattr(self, name)
+            if not (v >= 0 and (isinstance(v, int) or math.isfinite(v))):
+                raise ConfigError(f"{name}: must be a finite number >= 0, got {v}")
+        if not (self.half_life_days > 0):
+            raise ConfigError(f"half_life_days: must be > 0 (inf for plain counts), got {self.half_life_days}")
+        if not (self.checkpoint_interval_s > 0 and math.isfinite(self.checkpoint_interval_s)):
+            raise ConfigError(f"checkpoint_interval_s: must be > 0, got {self.checkpoint_interval_s}")
+        if not (self.checkpoint_map_gb > 0 and math.isfinite(self.checkpoint_map_gb)):
+            raise ConfigError(f"checkpoint_map_gb: must be > 0, got {self.checkpoint_map_gb}")
+        if self.metrics_port > 65535:
+            raise ConfigError(f"metrics_port: a TCP port is at most 65535, got {self.metrics_port}")
         if self.brokers and not self.input_topic:
             raise ConfigError("input_topic: required with brokers")
+        if self.brokers and self.dead_letter_topic in (self.input_topic, self.items_topic):
+            raise ConfigError(f"dead_letter_topic: {self.dead_letter_topic!r} is also an input topic; a dead letter "
+                              "would be read again and loop")
+        if self.brokers and self.output_topic in (self.input_topic, self.items_topic):
+            raise ConfigError(f"output_topic: {self.output_topic!r} is also an input topic")
         if self.ttl_s > 0 and not self.checkpoint_dir:
             raise ConfigError("ttl_s: expired users are kept in the checkpoint, so it needs checkpoint_dir")
+        addresses = self.address_list()
+        if self.process_id is not None:
+            if not addresses:
+                raise ConfigError("process_id: a process of a cluster needs --addresses (every process's host:port)")
+            if not 0 <= self.process_id < len(addresses):
+                raise ConfigError(f"process_id: {self.process_id} is not one of the {len(addresses)} processes of "
+                                  "--addresses (0 .. n-1)")
+        elif addresses and len(addresses) > 1:
+            raise ConfigError("addresses: a cluster of processes needs --process-id for this one")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format: expected text or json, got {self.log_format!r}")
+        try:
+            self.model_params()
+        except ValueError as exc:
+            raise ConfigError(f"model {self.model!r}: {exc}") from None
         return self
+
+    def address_list(self) -> list[str]:
+        return [a.strip() for a in self.addresses.split(";") if a.strip()] if self.addresses else []
+
+    def cluster_size(self) -> int:
+        """Total workers of the cluster: workers per process x processes."""
+        return self.workers * max(len(self.address_list()), 1)
+
+    def n_shards(self) -> int:
+        return self.shards or self.cluster_size()
+
+    def model_params(self):
+        return MODELS[self.model].params_type().replace(**dict(self.params))
 
     def kafka_config(self) -> dict:
         """librdkafka settings for every client (bootstrap servers plus passthrough)."""
@@ -119,7 +198,117 @@ class RunConfig:
         return out
 
 
-FIELDS = {f.name: f for f in fields(RunConfig) if f.name not in ("params", "kafka")}
+@dataclass(frozen=True)
+class BacktestConfig:
+    """The backtest's own settings (its model and run settings are a ``RunConfig``)."""
+
+    data: str = field(default="", metadata=opt("log file or MovieLens folder; omitted: a generated stream",
+                                               commands=()))
+    format: str = setting("", "input format (default: detected)", commands=(BACKTEST,),
+                          choices=("udata", "dat", "mlcsv", "jsonl", "csv"))
+    columns: str = setting("", "csv: FIELD=COLUMN mapping, e.g. user=uid,item=sku,ts=time,value=qty",
+                           commands=(BACKTEST,))
+    delimiter: str = setting(",", "csv delimiter", commands=(BACKTEST,))
+    event_type: str = setting("rating", "csv without a type column: the events' type", commands=(BACKTEST,))
+    no_sort: bool = setting(False, "replay in file order instead of event-time order", commands=(BACKTEST,))
+    user_features: str = setting("", "u.user / users.dat side features", commands=(BACKTEST,), metavar="FILE")
+    item_features: str = setting("", "u.item / movies.dat side features", commands=(BACKTEST,), metavar="FILE")
+    passes: int = setting(1, "replay the log this many times (speed runs)", commands=(BACKTEST,))
+    out: str = setting("", "write metrics.json, curves.csv, plots and report.html here", commands=(BACKTEST,),
+                       metavar="DIR")
+    window_events: int = setting(0, "events per window of the curves (0: about 50 windows)", commands=(BACKTEST,))
+    lists: str = setting("", "write every refreshed list (last event per user per batch) here", commands=(BACKTEST,),
+                         metavar="FILE")
+    show: int = setting(3, "print the final lists of the N most active users", commands=(BACKTEST,))
+    quiet: bool = setting(False, "no progress on stderr", commands=(BACKTEST,))
+    no_baseline: bool = setting(False, "generated data: skip the popularity comparison", commands=(BACKTEST,))
+
+    def validate(self) -> "BacktestConfig":
+        if self.passes < 1:
+            raise ConfigError(f"passes: must be >= 1, got {self.passes}")
+        if self.show < 0 or self.window_events < 0:
+            raise ConfigError("show and window_events: must be >= 0")
+        if self.format == "csv" and not self.delimiter:
+            raise ConfigError("delimiter: must not be empty")
+        if self.out and os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"out: {self.out} exists and is not a folder")
+        if self.lists:
+            parent = os.path.dirname(os.path.abspath(self.lists))
+            if not os.path.isdir(parent):
+                raise ConfigError(f"lists: the folder {parent} does not exist")
+        return self
+
+
+def _fields(cls) -> dict:
+    return {f.name: f for f in fields(cls)}
+
+
+FIELDS = {n: f for n, f in _fields(RunConfig).items() if n not in ("params", "kafka")}
+
+
+def flags_for(f) -> tuple[str, ...]:
+    """A field's flag names (the first is the one messages use)."""
+    md = f.metadata
+    flag = md.get("flag")
+    if flag:
+        return (flag,) if isinstance(flag, str) else tuple(flag)
+    name = f.name[:-2] if f.name.endswith("_s") else f.name
+    return ("--" + name.replace("_", "-"),)
+
+
+def flag_of(f) -> str:
+    return flags_for(f)[0]
+
+
+def default_of(f, command: str):
+    d = f.metadata.get("defaults", {})
+    if command in d:
+        return d[command]
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory()
+
+
+def add_flags(parser, cls, command: str) -> None:
+    """Add an option per field of ``cls`` that ``command`` takes; options left out by the
+    user stay None, so only what was given overrides the environment and the file."""
+    for f in fields(cls):
+        md = f.metadata
+        if command not in md.get("commands", ()):
+            continue
+        help_ = md.get("help", "")
+        default = default_of(f, command)
+        names = flags_for(f)
+        if f.name in ("params", "kafka"):
+            parser.add_argument(*names, dest=f.name, action="append", default=None, metavar=md.get("metavar"),
+                                help=f"{help_} (repeatable)")
+            continue
+        kind = type(default) if default is not None else int
+        if kind is bool:
+            parser.add_argument(*names, dest=f.name, action="store_true", default=None, help=help_)
+            continue
+        if default not in ("", None, 0, 0.0) and not isinstance(default, bool):
+            help_ += f" (default {default})"
+        parser.add_argument(*names, dest=f.name, type=_parser_type(kind, names[0]), default=None,
+                            choices=md.get("choices"), metavar=md.get("metavar"), help=help_)
+
+
+def _parser_type(kind, flag):
+    def conv(text):
+        try:
+            if kind is float:
+                return float(text)
+            if kind is int:
+                return int(text)
+        except ValueError:
+            import argparse
+
+            raise argparse.ArgumentTypeError(f"expected {'a number' if kind is float else 'an integer'}, got "
+                                             f"{text!r}") from None
+        return text
+
+    conv.__name__ = kind.__name__
+    return conv
 
 
 def is_secret(name: str) -> bool:
@@ -127,9 +316,10 @@ def is_secret(name: str) -> bool:
     return any(m in low for m in SECRET_MARKERS)
 
 
-def _convert(name: str, value: Any, source: str) -> Any:
+def _convert(name: str, value: Any, source: str, cls=RunConfig) -> Any:
     """Convert a raw setting (often a string) to the type of the field's default."""
-    default = FIELDS[name].default
+    f = _fields(cls)[name]
+    default = f.default
     try:
         if name == "process_id":
             return None if value is None or value == "" else int(value)
@@ -149,7 +339,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if isinstance(default, float):
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = type(default).__name__ if default is not None else "int"
         raise ConfigError(f"{name} (from {source}): cannot use {value!r} as {kind}") from None
 
@@ -161,7 +351,11 @@ def from_toml(path: str) -> dict:
             doc = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path}: is a folder, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"--config {path}: not readable") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
     out: dict = {}
     job = doc.get("job", {})
@@ -180,6 +374,10 @@ def from_toml(path: str) -> dict:
     return out
 
 
+_SCRIPT_ENV = ("KAFKA_PYTHON", "KAFKA_HOME", "KAFKA_PORT", "KAFKA_DATA", "KAFKA_VERSION", "KAFKA_CONTROLLER_PORT",
+               "KAFKA_HEAP_OPTS", "KAFKA_JVM_OPTS", "KAFKA_START_TIMEOUT", "KAFKA_STOP_TIMEOUT")
+
+
 def from_env(env: Mapping[str, str]) -> dict:
     out: dict = {}
     params: dict = {}
@@ -191,9 +389,7 @@ def from_env(env: Mapping[str, str]) -> dict:
         if name.startswith("PARAM_"):
             params[name[len("PARAM_"):].lower()] = value
         elif name.startswith("KAFKA_") and not name.startswith("KAFKA_BOOTSTRAP"):
-            if name in ("KAFKA_PYTHON", "KAFKA_HOME", "KAFKA_PORT", "KAFKA_DATA", "KAFKA_VERSION",
-                        "KAFKA_CONTROLLER_PORT", "KAFKA_HEAP_OPTS", "KAFKA_JVM_OPTS", "KAFKA_START_TIMEOUT",
-                        "KAFKA_STOP_TIMEOUT"):
+            if name in _SCRIPT_ENV:
                 continue  # settings of scripts/kafka-dev.sh, not of the job
             kafka[name[len("KAFKA_"):].lower().replace("__", ".")] = value
         elif name.lower() in FIELDS:
@@ -205,10 +401,12 @@ def from_env(env: Mapping[str, str]) -> dict:
     return out
 
 
-def load_config(path: str | None = None, env: Mapping[str, str] | None = None, flags: Mapping | None = None) -> RunConfig:
-    """Defaults < file < environment < flags; ``flags`` holds only the flags given."""
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None, flags: Mapping | None = None,
+                command: str = RUN) -> RunConfig:
+    """Defaults (of ``command``) < file < environment < flags; ``flags`` holds only the
+    flags given."""
     env = os.environ if env is None else env
-    merged: dict = {}
+    merged: dict = {n: default_of(f, command) for n, f in FIELDS.items() if f.metadata.get("defaults")}
     params: dict = {}
     kafka: dict = {}
     layers = [from_toml(path) if path else {}, from_env(env), dict(flags or {})]
@@ -220,4 +418,54 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None, f
                 raise ConfigError(f"unknown setting {key!r}")
             merged[key] = _convert(key, value, "flags")
     cfg = replace(RunConfig(), **merged, params=params, kafka=kafka)
-    return cfg.validate()
+    return cfg.validate(command)
+
+
+def kv_pairs(items: list[str] | None, flag: str) -> dict:
+    """``["a=1", "b=2"]`` from a repeatable ``--flag KEY=VALUE`` option."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        if not k.strip():
+            raise ConfigError(f"{flag} {item!r}: the key is empty")
+        out[k.strip().replace("-", "_") if flag == "--param" else k.strip()] = v.strip()
+    return out
+
+
+def flags_of(args, cls=RunConfig, command: str = RUN) -> dict:
+    """The settings given on the command line (argparse ``args``), for ``load_config``."""
+    out = {}
+    for f in fields(cls):
+        if command not in f.metadata.get("commands", ()):
+            continue
+        v = getattr(args, f.name, None)
+        if v is None:
+            continue
+        if f.name in ("params", "kafka"):
+            v = kv_pairs(v, flag_of(f))
+        out[f.name] = v
+    shortcuts = {name: getattr(args, name) for name in PARAM_FLAGS if getattr(args, name, None) is not None}
+    if shortcuts:
+        out["params"] = {**out.get("params", {}), **shortcuts}
+    return out
+
+
+def add_param_flags(parser) -> None:
+    g = parser.add_argument_group("model parameters (shortcuts for --param NAME=VALUE; see docs/models.md)")
+    for name, kind in PARAM_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            g.add_argument(flag, dest=name, action="store_true", default=None)
+        else:
+            g.add_argument(flag, dest=name, type=_parser_type(kind, flag), default=None)
+
+
+def backtest_config(args) -> BacktestConfig:
+    kw = {}
+    for f in fields(BacktestConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            kw[f.name] = v
+    return BacktestConfig(**kw).validate()

@@ -15,6 +15,10 @@ UPDATE_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0,
 LATENCY_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+class MetricsPortError(OSError):
+    """The metrics endpoint cannot listen on its port (in use, or not allowed)."""
+
+
 class NullMetrics:
     def events_in(self, n: int) -> None:
         pass
@@ -86,7 +90,11 @@ class Metrics(NullMetrics):
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+        except (OSError, OverflowError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise MetricsPortError(f"--metrics-port: cannot serve metrics on port {port}: {why}") from None
 
 
 class JsonFormatter(logging.Formatter):

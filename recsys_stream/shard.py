@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import scratch
+from .config import RunConfig as _D
 from .eventfilter import EventFilter
 from .events import EventBatch
 from .features import FeatureStore, fill_rows
 from .kernels.common import mix64
 from .kernels.driver import prequential
 from .kernels.layout import PEEK, RANK, WANT_LIST, Batch, Out
-from .models import DEFAULT_MODEL, MODELS, ModelDivergedError, Params, model_params
+from .models import MODELS, ModelDivergedError, Params, model_params
 from .models.ftrl import like_labels
 from .records import list_items, list_record
 from .state import ItemState, UserState
@@ -33,21 +34,21 @@ LIST_POLICIES = ("none", "last", "all")
 
 @dataclass(frozen=True)
 class ShardSettings:
-    """Everything that shapes a shard's state and its per-event work."""
+    """Everything that shapes a shard's state and its per-event work (defaults: ``config``)."""
 
-    model: str = DEFAULT_MODEL
+    model: str = _D.model
     params: Params = None  # the model's parameters; defaults when None
-    k: int = 10
-    seed: int = 42
-    half_life_days: float = 7.0  # popularity decay; math.inf for plain counts
+    k: int = _D.k
+    seed: int = _D.seed
+    half_life_days: float = _D.half_life_days  # popularity decay; math.inf for plain counts
     recent: int = 32  # length of each user's recent-items ring
     evaluate: bool = True  # prequential metrics (predict / rank before learning)
     rank: bool | None = None  # force ranking metrics on (mf, ftrl) or off; None: model default
     lists: str = "none"  # which events get a fresh list: none, last (per user per batch), all
     watch: frozenset = frozenset()  # users whose last event per batch gets a list even with lists="none"
-    dedupe_window_s: float = 3600.0  # a repeated event id within this much event time is a duplicate
-    min_user_events: int = 1  # frequency filter: a user gets state (an embedding) at their Nth event
-    ttl_s: float = 0.0  # >0: users idle this long (event time) leave memory after a checkpoint stored them
+    dedupe_window_s: float = _D.dedupe_window_s  # a repeated event id within this much event time is a duplicate
+    min_user_events: int = _D.min_user_events  # frequency filter: a user gets state at their Nth event
+    ttl_s: float = _D.ttl_s  # >0: users idle this long (event time) leave memory after a checkpoint stored them
 
     def __post_init__(self):
         if self.model not in MODELS:

@@ -207,7 +207,8 @@ def test_frequency_filter_admits_a_user_at_the_nth_event(tmp_path):
 
 
 def test_no_snapshot_means_leftovers_are_dropped(tmp_path, log):
-    from flows.recsys import CheckpointSettings, FlowSettings, ShardLogic, open_store
+    from flows.recsys import ShardLogic, open_store
+    from recsys_stream.settings import CheckpointSettings, FlowSettings
 
     path = str(tmp_path / "s")
     sh, st = backed(path, "pop")

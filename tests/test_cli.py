@@ -83,7 +83,7 @@ def test_generated_default_prints_lists_and_beats_popularity():
 
 def test_bad_arguments_are_clear_errors(udata):
     proc = cli("backtest", udata, "--model", "pop", "--dim", "8")
-    assert proc.returncode == 2 and "--dim does not apply to model 'pop'" in proc.stderr
+    assert proc.returncode == 2 and "model 'pop': 'dim' does not apply to this model" in proc.stderr
     proc = cli("backtest", "/nonexistent/u.data")
     assert proc.returncode == 2 and "no such file" in proc.stderr
 

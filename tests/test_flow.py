@@ -12,8 +12,8 @@ from bytewax.run import cli_main
 from bytewax.testing import TestingSource
 
 from conftest import make_batch
-from flows.backtest import BacktestSettings, run_backtest
-from flows.recsys import FlowSettings
+from flows.backtest import run_backtest
+from recsys_stream.settings import BacktestSettings, FlowSettings
 from recsys_stream.generate import GeneratorSettings, generate
 from recsys_stream.models import model_params
 from recsys_stream.routing import bytewax_worker, shard_keys

@@ -87,9 +87,9 @@ class Params:
         known = {f.name for f in fields(self)}
         bad = set(changes) - known
         if bad:
-            raise ValueError(
-                f"unknown parameter(s) {sorted(bad)} for {type(self).__name__}; known: {sorted(known)}"
-            )
+            names = ", ".join(repr(b) for b in sorted(bad))
+            raise ValueError(f"{names} {'does' if len(bad) == 1 else 'do'} not apply to this model; its parameters: "
+                             f"{', '.join(sorted(known)) or 'none'}")
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in changes.items():
             kw[k] = _coerce(v, type(kw[k]), k)

@@ -1,0 +1,183 @@
+"""A backtest from settings to summary: load (or generate) the stream, warm the kernels up,
+replay it through the dataflow, compare with popularity, write the report.
+
+The command line parses and prints; this module does the work::
+
+    from recsys_stream.backtest import run
+    result = run(load_config(command="backtest", flags={"model": "mf"}), BacktestConfig(data="u.data"))
+    result.summary["rmse"]
+
+The dataflow itself is ``flows.backtest`` (found through ``plugins``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import plugins
+from .config import BACKTEST, BacktestConfig, RunConfig, load_config
+from .events import EventBatch
+from .features import FeatureStore
+from .generate import GeneratorSettings, generate
+from .io.readers import DeadLetter, ReaderError, read_events, write_dead_letters
+from .io.side import read_item_features, read_user_features
+from .report import curves_window, write_report
+from .settings import BacktestSettings, FlowSettings, shard_settings
+from .shard import Shard
+
+
+class BacktestError(ValueError):
+    """The data cannot be used (a file that cannot be read, no valid events)."""
+
+
+@dataclass
+class Loaded:
+    events: EventBatch
+    errors: list[DeadLetter]
+    format: str
+    name: str
+    features: FeatureStore | None
+    load_s: float
+
+
+@dataclass
+class BacktestResult:
+    summary: dict
+    run: object  # flows.backtest.BacktestRun
+    loaded: Loaded
+    latest: dict = field(default_factory=dict)  # user -> latest list record (users watched with ``show``)
+
+
+def _log(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def load(cfg: RunConfig, b: BacktestConfig) -> Loaded:
+    """The events (read from ``b.data`` or generated), side features and dead letters."""
+    t0 = time.perf_counter()
+    errors: list[DeadLetter] = []
+    if b.data:
+        _log(f"loading {b.data} ...", b.quiet)
+        try:
+            res = read_events(b.data, fmt=b.format or None, columns=b.columns or None, delimiter=b.delimiter,
+                              default_type=b.event_type, sort=not b.no_sort)
+        except (ReaderError, OSError) as exc:
+            raise BacktestError(str(exc)) from None
+        events, errors, fmt, name = res.events, res.errors, res.format, b.data
+    else:
+        gs = GeneratorSettings(events=cfg.gen_events, users=cfg.gen_users, items=cfg.gen_items, seed=cfg.seed)
+        _log(f"generating {gs.events:,} events ({gs.users:,} users, {gs.items:,} items, seed {gs.seed}) ...", b.quiet)
+        events, fmt, name = generate(gs), "generated", f"generated(events={gs.events},seed={gs.seed})"
+    features = None
+    if b.user_features or b.item_features:
+        features = FeatureStore()
+        try:
+            if b.user_features:
+                n = read_user_features(b.user_features, features, errors)
+                _log(f"user features: {n:,} users from {b.user_features}", b.quiet)
+            if b.item_features:
+                n = read_item_features(b.item_features, features, errors)
+                _log(f"item features: {n:,} items from {b.item_features}", b.quiet)
+        except (ReaderError, OSError) as exc:
+            raise BacktestError(str(exc)) from None
+    return Loaded(events, errors, fmt, name, features, time.perf_counter() - t0)
+
+
+def dead_letter_path(b: BacktestConfig) -> str:
+    if b.out:
+        return os.path.join(b.out, "dead-letter.jsonl")
+    return (b.data.rstrip("/") if b.data else "generated") + ".dead-letter.jsonl"
+
+
+def warm_up(shard, features) -> None:
+    """Compile (or load from the cache) the model's kernels outside the timed replay."""
+    b = EventBatch.from_columns(["w0", "w1", "w0"], ["a", "b", "b"], [0.0, 1.0, 2.0], [0, 2, 0], [4.0, 1.0, 2.0],
+                                [0, 1, 2], [-1, -1, -1], [0, 1, 2])
+    sh = Shard(0, replace(shard, lists="all"), features)
+    sh.process(b)
+    sh.recommend("w0")
+
+
+def run(cfg: RunConfig, b: BacktestConfig, started: float | None = None) -> BacktestResult:
+    """The whole backtest (see the module docstring); ``started`` is when the process
+    started, for ``startup_s``."""
+    started = time.perf_counter() if started is None else started
+    loaded = load(cfg, b)
+    dead_letter = None
+    if loaded.errors:
+        if b.out:
+            os.makedirs(b.out, exist_ok=True)
+        dead_letter = dead_letter_path(b)
+        try:
+            write_dead_letters(dead_letter, loaded.errors)
+        except OSError as exc:
+            raise BacktestError(f"cannot write the dead letter {dead_letter}: {exc.strerror}") from None
+        first = loaded.errors[0]
+        _log(f"{len(loaded.errors):,} malformed line(s) written to {dead_letter} (first: line {first.line}: "
+             f"{first.reason})", b.quiet)
+    log = loaded.events
+    if len(log) == 0:
+        raise BacktestError(f"{loaded.name}: no valid events")
+    _log(f"{len(log):,} events ready ({loaded.format}) in {loaded.load_s:.2f} s", b.quiet)
+    watch = frozenset()
+    if b.show:
+        users, counts = np.unique(log.user, return_counts=True)
+        watch = frozenset(users[np.argsort(-counts, kind="stable")[: b.show]])
+    shard = shard_settings(cfg, evaluate=True, lists="last" if b.lists else "none", watch=watch)
+    n_shards = cfg.shards or cfg.workers
+    settings = BacktestSettings(flow=FlowSettings(shard=shard, n_shards=n_shards), workers=cfg.workers,
+                                batch_size=cfg.batch_size, passes=b.passes, progress=not b.quiet)
+    warm_up(shard, loaded.features)
+    startup_s = time.perf_counter() - started - loaded.load_s
+    _log(f"replaying through the dataflow: model {cfg.model}, {cfg.workers} worker(s), {n_shards} shard(s), "
+         f"batches of {cfg.batch_size:,}", b.quiet)
+    run_backtest = plugins.flow("backtest")
+    res = run_backtest(log, settings, features=loaded.features, lists_path=b.lists or None, keep_lists=bool(watch))
+    metrics = res.acc.finish()
+    flow_s = res.flow_seconds
+    summary = {
+        "data": loaded.name, "format": loaded.format, "model": cfg.model, "k": cfg.k, "seed": cfg.seed,
+        "workers": cfg.workers, "shards": n_shards, "passes": b.passes, "params": shard.params.as_dict(),
+        "events": res.acc.events, "invalid": len(loaded.errors), **metrics,
+        "load_s": round(loaded.load_s, 4), "startup_s": round(startup_s, 4), "flow_s": round(flow_s, 4),
+        "events_per_s": round(res.acc.events / flow_s, 1) if flow_s > 0 else None, "dead_letter": dead_letter,
+    }
+    if b.lists:
+        summary["lists"] = b.lists
+        summary["lists_emitted"] = res.acc.lists
+    baseline = None
+    if not b.data and cfg.model != "pop" and not b.no_baseline:
+        _log("baseline: the same stream with model pop ...", b.quiet)
+        pop_cfg = replace(cfg, model="pop", params={})
+        pop_settings = BacktestSettings(flow=FlowSettings(shard=shard_settings(pop_cfg, evaluate=True),
+                                                          n_shards=n_shards),
+                                        workers=cfg.workers, batch_size=cfg.batch_size, progress=False)
+        pop_run = run_backtest(log, pop_settings)
+        baseline = {key: v for key, v in pop_run.acc.finish().items() if "@" in key}
+        summary["baseline_pop"] = baseline
+    latest = {}
+    if watch and res.lists is not None:
+        latest = {u: res.lists.latest[u] for u in watch if u in res.lists.latest}
+    if b.out:
+        window = b.window_events or curves_window(res.acc.events)
+        summary["seconds"] = round(time.perf_counter() - started, 4)
+        paths = write_report(b.out, summary, res.acc.curves(window), window, {"pop": baseline} if baseline else None)
+        _log(f"wrote {paths['metrics']}, {paths['curves']}, {paths['report']}", b.quiet)
+    summary["seconds"] = round(time.perf_counter() - started, 4)
+    return BacktestResult(summary, res, loaded, latest)
+
+
+def backtest(data: str = "", **settings) -> BacktestResult:
+    """A backtest from keyword settings, for notebooks and tests: ``backtest("u.data",
+    model="mf", params={"dim": 8}, quiet=True)``."""
+    bt_names = set(BacktestConfig.__dataclass_fields__)
+    b = BacktestConfig(data=data, **{k: v for k, v in settings.items() if k in bt_names}).validate()
+    cfg = load_config(None, env={}, flags={k: v for k, v in settings.items() if k not in bt_names},
+                      command=BACKTEST)
+    return run(cfg, b)
