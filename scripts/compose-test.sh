@@ -2,7 +2,8 @@
 # docker/compose.yaml started for real, from nothing, on a machine that reaches package
 # registries but no image registry:
 #
-#   scripts/compose-test.sh            # prepare, run tests/test_compose.py, stop what it started
+#   scripts/compose-test.sh [-s ...]   # prepare, run tests/test_compose.py (pytest arguments
+#                                      # passed on), stop what it started
 #   scripts/compose-test.sh prepare    # engine + compose + images; prints the settings to use
 #   scripts/compose-test.sh stop       # remove the test's compose project; stop the engine if
 #                                      # `prepare` started it
@@ -269,5 +270,6 @@ case "${1:-test}" in
     prepare) cmd_prepare ;;
     stop) cmd_stop ;;
     test) shift || true; cmd_test "$@" ;;
-    *) echo "usage: $0 [test [pytest args] | prepare | stop]" >&2; exit 2 ;;
+    -*) cmd_test "$@" ;;  # pytest arguments
+    *) echo "usage: $0 [[test] [pytest args] | prepare | stop]" >&2; exit 2 ;;
 esac
