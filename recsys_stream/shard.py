@@ -23,6 +23,8 @@ from .events import EventBatch
 from .features import FeatureStore, fill_rows
 from .kernels.common import mix64
 from .kernels.driver import prequential
+from collections import namedtuple
+
 from .kernels.layout import PEEK, RANK, WANT_LIST, Batch, Out
 from .models import MODELS, ModelDivergedError, Params, model_params
 from .models.ftrl import like_labels
@@ -30,6 +32,14 @@ from .records import list_items, list_record
 from .state import ItemState, UserState
 
 LIST_POLICIES = ("none", "last", "all")
+# what a kernel call hands back (see ``kernels.layout.Out``), as the numpy arrays Python reads
+Outputs = namedtuple("Outputs", ["pred", "pos", "topk", "lst", "lst_sc"])
+
+
+def outputs(n: int, k: int) -> Outputs:
+    return Outputs(np.full(n, np.nan, dtype=np.float32), np.full(n, -2, dtype=np.int16),
+                   np.full((n, k), -1, dtype=np.int32), np.full((n, k), -1, dtype=np.int32),
+                   np.zeros((n, k), dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -178,9 +188,7 @@ class Shard:
                 want = last & np.isin(b.user, list(s.watch))
         if want is not None:
             F[want] |= WANT_LIST
-        out = Out(np.full(n, np.nan, dtype=np.float32), np.full(n, -2, dtype=np.int16),
-                  np.full((n, k), -1, dtype=np.int32), np.full((n, k), -1, dtype=np.int32),
-                  np.zeros((n, k), dtype=np.float32))
+        out = outputs(n, k)
         uev_before = self.users.arrays["uev"][U]
         t0 = time.perf_counter()
         status = self._run(Batch(U, I, b.value, labels, b.ts, b.etype, F, b.ctx_ptr, b.ctx_hash), out)
@@ -206,11 +214,11 @@ class Shard:
                            new_items=new_items, new_recs=new_recs, users=self.users.total, items=len(self.items),
                            lists=lists, busy_s=busy)
 
-    def _run(self, batch: Batch, out: Out) -> int:
+    def _run(self, batch: Batch, out: Outputs) -> int:
         k = self.settings.k
         m = self.model.kernel_state(self.users, self.items, k)
         sc = scratch.scratch(self.items.arrays.cap, k)
-        return int(prequential(m, self.users.kernel(), self.items.kernel(), sc, batch, k, out))
+        return int(prequential(m, self.users.kernel(), self.items.kernel(), sc, batch, k, Out(*out)))
 
     def admit(self, b: EventBatch) -> tuple[EventBatch, int]:
         """Before ``process``: bring back stored users of the batch that are not in memory,
@@ -241,8 +249,7 @@ class Shard:
         batch = Batch(np.array([row], np.int64), np.zeros(1, np.int64), one.astype(np.float32), one, t,
                       np.zeros(1, np.int8), np.array([WANT_LIST | PEEK], np.int32), np.zeros(2, np.int64),
                       np.zeros(0, np.uint64))
-        out = Out(np.full(1, np.nan, np.float32), np.full(1, -2, np.int16), np.full((1, k), -1, np.int32),
-                  np.full((1, k), -1, np.int32), np.zeros((1, k), np.float32))
+        out = outputs(1, k)
         if row < 0:
             # nobody knows this user: the popularity list, nothing excluded (u = -1 reads no user row)
             self._popular(out)
@@ -251,7 +258,7 @@ class Shard:
         items, scores = list_items(self.items.ids.ids, out.lst[0], out.lst_sc[0])
         return {"user": user, "items": items, "scores": scores.tolist(), "version": uev, "known": row >= 0}
 
-    def _popular(self, out: Out) -> None:
+    def _popular(self, out: Outputs) -> None:
         from .kernels.core import user_pop_topk
 
         k = self.settings.k
@@ -305,7 +312,7 @@ class Shard:
         ids = self.items.ids.ids
         return [(ids[r], int(q)) for r, q in zip(rows, seq[ev])]
 
-    def _records(self, sel, b: EventBatch, out: Out, versions) -> list:
+    def _records(self, sel, b: EventBatch, out: Outputs, versions) -> list:
         """The list records (the recommendations topic's values) of events ``sel``."""
         ids = self.items.ids.ids
         model = self.settings.model

@@ -7,23 +7,31 @@ the user's items excluded); it learns nothing beyond ``observe``.
 
 from __future__ import annotations
 
-from collections import namedtuple
 
 from numba import njit
 
 from .core import user_pop_topk
 from .driver import register_steps
+from .layout import bind_constructor, define
 from .popularity import pop_now
 
-PopK = namedtuple("PopK", ["hp"])
+PopK, PopKType = define("PopK", ['hp'], __name__)
 
 
 @njit(cache=True)
+def _new_popk(hp):
+    return PopK(hp)
+
+
+bind_constructor(PopK, _new_popk)
+
+
+@njit(cache=True, inline="always")
 def pop_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     return user_pop_topk(b.U[e], us, it, sc, k, out_idx, out_sc)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def pop_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     c = user_pop_topk(u, us, it, sc, k, out_idx, out_sc)
     for r in range(k):
@@ -31,4 +39,4 @@ def pop_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return c
 
 
-register_steps(PopK, rank=pop_rank, recommend=pop_recommend)
+register_steps(PopKType, rank=pop_rank, recommend=pop_recommend)

@@ -52,7 +52,7 @@ def recent_item(us, u, back):
     return us.recent[u, (n - 1 - back) % R]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def user_topk(scores, n_cat, u, us, it, sc, k, out_idx, out_sc):
     """Top-k of ``scores[:n_cat]`` for user row u, excluding the user's items and retired
     ones (u < 0: an unknown user, nothing of theirs to exclude); returns the count."""
@@ -62,7 +62,7 @@ def user_topk(scores, n_cat, u, us, it, sc, k, out_idx, out_sc):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def user_pop_topk(u, us, it, sc, k, out_idx, out_sc):
     """The popularity list of user row u (their items excluded; u < 0: nothing excluded):
     the list of a user the model does not know yet."""

@@ -14,10 +14,10 @@ For each event of a batch, in order::
 so "evaluate, then learn" and where each model learns relative to ``observe`` are written
 once, here, and each model states which learn step it uses (in its module docstring).
 
-A model registers its steps for the type of its state tuple (a ``namedtuple`` class of
-its arrays and hyper-parameters)::
+A model registers its steps for the type of its state structure (``layout.define``: its
+arrays and hyper-parameters)::
 
-    register_steps(MFK, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn,
+    register_steps(MFKType, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn,
                    recommend=mf_recommend)
 
 Each step is an ``@njit`` function with the signature of its stub below; a step a model
@@ -26,14 +26,15 @@ does not register is a no-op (``predict`` then gives NaN, the learn steps succee
 NaN or Inf: the loop stops and returns the event's index (the caller raises
 ``ModelDivergedError``); it returns -1 when the batch completed.
 
-Dispatch is by the type of the model tuple at compile time (``numba.extending.overload``),
-so ``prequential`` is compiled once per model, cached on disk, and calls the steps inline.
+Dispatch is by the type of the model structure at compile time (``numba.extending.overload``),
+so ``prequential`` is compiled once per model and cached on disk, with direct calls to the
+model's steps.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.extending import overload
 
 from .core import observe
@@ -84,56 +85,60 @@ def step_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
 
 
 def _impl(m, name):
-    cls = m.instance_class if isinstance(m, types.BaseNamedTuple) else None
-    return _STEPS.get(cls, {}).get(name)
+    f = _STEPS.get(type(m), {}).get(name)
+    # the step's Python function, compiled as this overload's implementation: a call that
+    # passes the structures by reference (``layout``)
+    return None if f is None else f.py_func
 
 
-@overload(step_prep, inline="always")
+def _noop(m, us, it, sc, b, e):
+    return None
+
+
+def _noop_true(m, us, it, sc, b, e):
+    return True
+
+
+def _noop_nan(m, us, it, sc, b, e):
+    return np.nan
+
+
+def _noop_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
+    return 0
+
+
+def _noop_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
+    return 0
+
+
+@overload(step_prep)
 def _ov_prep(m, us, it, sc, b, e):
-    f = _impl(m, "prep")
-    if f is None:
-        return lambda m, us, it, sc, b, e: None
-    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+    return _impl(m, "prep") or _noop
 
 
-@overload(step_rank, inline="always")
+@overload(step_rank)
 def _ov_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
-    f = _impl(m, "rank")
-    if f is None:
-        return lambda m, us, it, sc, b, e, k, out_idx, out_sc: 0
-    return lambda m, us, it, sc, b, e, k, out_idx, out_sc: f(m, us, it, sc, b, e, k, out_idx, out_sc)
+    return _impl(m, "rank") or _noop_rank
 
 
-@overload(step_predict, inline="always")
+@overload(step_predict)
 def _ov_predict(m, us, it, sc, b, e):
-    f = _impl(m, "predict")
-    if f is None:
-        return lambda m, us, it, sc, b, e: np.nan
-    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+    return _impl(m, "predict") or _noop_nan
 
 
-@overload(step_learn_pre, inline="always")
+@overload(step_learn_pre)
 def _ov_learn_pre(m, us, it, sc, b, e):
-    f = _impl(m, "learn_pre")
-    if f is None:
-        return lambda m, us, it, sc, b, e: True
-    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+    return _impl(m, "learn_pre") or _noop_true
 
 
-@overload(step_learn_post, inline="always")
+@overload(step_learn_post)
 def _ov_learn_post(m, us, it, sc, b, e):
-    f = _impl(m, "learn_post")
-    if f is None:
-        return lambda m, us, it, sc, b, e: True
-    return lambda m, us, it, sc, b, e: f(m, us, it, sc, b, e)
+    return _impl(m, "learn_post") or _noop_true
 
 
-@overload(step_recommend, inline="always")
+@overload(step_recommend)
 def _ov_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
-    f = _impl(m, "recommend")
-    if f is None:
-        return lambda m, us, it, sc, u, t, k, out_idx, out_sc: 0
-    return lambda m, us, it, sc, u, t, k, out_idx, out_sc: f(m, us, it, sc, u, t, k, out_idx, out_sc)
+    return _impl(m, "recommend") or _noop_recommend
 
 
 @njit(cache=True, nogil=True)

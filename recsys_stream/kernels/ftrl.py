@@ -44,14 +44,21 @@ from numba import njit
 from .common import hash_combine, sigmoid
 from .core import user_topk
 from .driver import register_steps
+from .layout import bind_constructor, define
 
 FTRLHP = namedtuple("FTRLHP", ["alpha", "beta", "l1", "l2", "crosses", "normalize", "stats", "stats_prior"])
 N_STATS = 4
 # tmp: [number of features of the current event's row, its probability] (set by prep);
 # idx/val/w: that row (see ``like_features``) and its lazy weights
-FTRLK = namedtuple("FTRLK", ["feat_u", "nfeat_u", "ulikes", "uevents", "udev", "feat_i", "nfeat_i", "ilikes", "ievents",
-                             "ivalues", "z", "n", "zdirty", "glob", "hp", "idx", "val", "w", "tmp", "noctx"])
+FTRLK, FTRLKType = define("FTRLK", ['feat_u', 'nfeat_u', 'ulikes', 'uevents', 'udev', 'feat_i', 'nfeat_i', 'ilikes', 'ievents', 'ivalues', 'z', 'n', 'zdirty', 'glob', 'hp', 'idx', 'val', 'w', 'tmp', 'noctx'], __name__)
 
+
+@njit(cache=True)
+def _new_ftrlk(feat_u, nfeat_u, ulikes, uevents, udev, feat_i, nfeat_i, ilikes, ievents, ivalues, z, n, zdirty, glob, hp, idx, val, w, tmp, noctx):
+    return FTRLK(feat_u, nfeat_u, ulikes, uevents, udev, feat_i, nfeat_i, ilikes, ievents, ivalues, z, n, zdirty, glob, hp, idx, val, w, tmp, noctx)
+
+
+bind_constructor(FTRLK, _new_ftrlk)
 _BIAS_HASH = np.uint64(0x5BD1E9955BD1E995)
 _USER_RATE_HASH = np.uint64(0x2545F4914F6CDD1D)
 _ITEM_RATE_HASH = np.uint64(0x9FB21C651E98DF25)
@@ -114,7 +121,7 @@ def ftrl_update(idx, val, nnz, w, p, y, z, n, hp, dirty):
         dirty[c >> CHUNK_BITS] = 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def like_features(m, u, j, ctx_hash, c0, c1, mask, idx, val):
     """Feature row of (user row u, item row j) plus the context hashes ``ctx_hash[c0:c1]``
     (see the module docstring); returns the number of entries written to ``idx``/``val``."""
@@ -185,7 +192,7 @@ def learn_stats(m, u, i, y, value):
     glob[2] += value
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _like_scores(m, u, ctx_hash, c0, c1, n_cat, scores):
     mask = np.uint64(m.z.shape[0] - 1)
     for j in range(n_cat):
@@ -193,7 +200,7 @@ def _like_scores(m, u, ctx_hash, c0, c1, n_cat, scores):
         scores[j] = ftrl_predict(m.idx, m.val, mm, m.z, m.n, m.hp, m.w)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ftrl_prep(m, us, it, sc, b, e):
     mask = np.uint64(m.z.shape[0] - 1)
     mm = like_features(m, b.U[e], b.I[e], b.ctx_hash, b.ctx_ptr[e], b.ctx_ptr[e + 1], mask, m.idx, m.val)
@@ -201,12 +208,12 @@ def ftrl_prep(m, us, it, sc, b, e):
     m.tmp[1] = ftrl_predict(m.idx, m.val, mm, m.z, m.n, m.hp, m.w)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ftrl_predict_step(m, us, it, sc, b, e):
     return m.tmp[1]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ftrl_learn(m, us, it, sc, b, e):
     # the row and weights of prep are still current: ranking in between wrote only scratch
     mm = int(m.tmp[0])
@@ -222,7 +229,7 @@ def ftrl_learn(m, us, it, sc, b, e):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ftrl_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     u = b.U[e]
     n_cat = it.n[0]
@@ -232,7 +239,7 @@ def ftrl_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ftrl_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     # a list is for the user, not for the context of the event that triggered it: the
     # same list ``recommend`` gives at the same version
@@ -241,5 +248,5 @@ def ftrl_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
 
 
-register_steps(FTRLK, prep=ftrl_prep, rank=ftrl_rank, predict=ftrl_predict_step, learn_pre=ftrl_learn,
+register_steps(FTRLKType, prep=ftrl_prep, rank=ftrl_rank, predict=ftrl_predict_step, learn_pre=ftrl_learn,
                recommend=ftrl_recommend)

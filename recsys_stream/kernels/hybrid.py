@@ -39,7 +39,7 @@ from .driver import register_steps
 from .ftrl import ftrl_predict, ftrl_update, ftrl_weight
 from .history import mark_history
 from .implicit import implicit_learn
-from .layout import LEARN, RANK
+from .layout import LEARN, RANK, bind_constructor, define
 from .itemknn import itemknn_learn, itemknn_scores
 from .popularity import pop_topk
 from .topk import score_factors, topk_candidates, topk_masked
@@ -51,9 +51,15 @@ HybridHP = namedtuple("HybridHP", ["candidates", "factor_candidates", "pop_candi
 # Scratch: s_knn item-to-item scores; rank_* each candidate's rank in its source (-1: not
 # proposed by it; all -1 between events); cand/probs the union and its logits; tmp
 # [candidate count, best item-to-item score, best popularity, activity bucket] (prep).
-HybridK = namedtuple("HybridK", ["imp", "knn", "rr_z", "rr_n", "rr_hp", "hp", "s_knn", "rank_mf", "rank_knn",
-                                 "rank_pop", "cand", "probs", "top_idx", "top_sc", "idx", "val", "w", "zdirty", "tmp"])
+HybridK, HybridKType = define("HybridK", ['imp', 'knn', 'rr_z', 'rr_n', 'rr_hp', 'hp', 's_knn', 'rank_mf', 'rank_knn', 'rank_pop', 'cand', 'probs', 'top_idx', 'top_sc', 'idx', 'val', 'w', 'zdirty', 'tmp'], __name__)
 
+
+@njit(cache=True)
+def _new_hybridk(imp, knn, rr_z, rr_n, rr_hp, hp, s_knn, rank_mf, rank_knn, rank_pop, cand, probs, top_idx, top_sc, idx, val, w, zdirty, tmp):
+    return HybridK(imp, knn, rr_z, rr_n, rr_hp, hp, s_knn, rank_mf, rank_knn, rank_pop, cand, probs, top_idx, top_sc, idx, val, w, zdirty, tmp)
+
+
+bind_constructor(HybridK, _new_hybridk)
 
 @njit(cache=True, inline="always")
 def _bucket(n):
@@ -68,7 +74,7 @@ def _bucket(n):
     return 4
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _features(m, it, j, s_mf, knn_max, pop_max, bucket):
     idx, val = m.idx, m.val
     base = bucket * N_FEAT
@@ -84,7 +90,7 @@ def _features(m, it, j, s_mf, knn_max, pop_max, bucket):
     return N_FEAT
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _candidates(m, us, it, sc, u):
     """Union of the three sources' top lists into ``m.cand``; sets ``m.tmp[0:3]``."""
     hp = m.hp
@@ -137,7 +143,7 @@ def _release(m):
     m.tmp[0] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rerank(m, it, sc, k, out_idx, out_sc):
     """Top-k of the candidates by the re-ranker's probability (``topk_candidates``)."""
     n = int(m.tmp[0])
@@ -159,14 +165,14 @@ def _rerank(m, it, sc, k, out_idx, out_sc):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def hybrid_prep(m, us, it, sc, b, e):
     m.tmp[3] = _bucket(us.uev[b.U[e]])
     if b.F[e] & (RANK | LEARN):  # the candidates before learning
         _candidates(m, us, it, sc, b.U[e])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def hybrid_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     c = _rerank(m, it, sc, k, out_idx, out_sc)
     if not (b.F[e] & LEARN):  # not learning: nothing else needs the candidates
@@ -174,7 +180,7 @@ def hybrid_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def hybrid_learn_pre(m, us, it, sc, b, e):
     u = b.U[e]
     i = b.I[e]
@@ -200,7 +206,7 @@ def hybrid_learn_pre(m, us, it, sc, b, e):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def hybrid_learn_post(m, us, it, sc, b, e):
     if not implicit_learn(m.imp, us, it, b.U[e], b.I[e]):
         return False
@@ -210,7 +216,7 @@ def hybrid_learn_post(m, us, it, sc, b, e):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def hybrid_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     m.tmp[3] = _bucket(us.uev[u])  # the user's activity as of now, this event included
     _candidates(m, us, it, sc, u)
@@ -219,5 +225,5 @@ def hybrid_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return c
 
 
-register_steps(HybridK, prep=hybrid_prep, rank=hybrid_rank, learn_pre=hybrid_learn_pre, learn_post=hybrid_learn_post,
+register_steps(HybridKType, prep=hybrid_prep, rank=hybrid_rank, learn_pre=hybrid_learn_pre, learn_post=hybrid_learn_post,
                recommend=hybrid_recommend)

@@ -37,16 +37,25 @@ from numba import njit
 from .common import rng_below, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
+from .layout import bind_constructor, define
 from .init import init_item_row, init_user_row
 from .pairset import pairset_contains
 from .topk import quantize_row, score_factors, score_factors_q8
 
 ImplicitHP = namedtuple("ImplicitHP", ["lr", "reg", "bias_reg", "init_std", "isgd", "negatives", "neg_tries",
                                        "quantized"])
-ImplicitK = namedtuple("ImplicitK", ["P", "cu", "Q", "b", "ci", "Q8", "qs", "hp", "tmp"])
+ImplicitK, ImplicitKType = define("ImplicitK", ['P', 'cu', 'Q', 'b', 'ci', 'Q8', 'qs', 'hp', 'tmp'], __name__)
 
 
 @njit(cache=True)
+def _new_implicitk(P, cu, Q, b, ci, Q8, qs, hp, tmp):
+    return ImplicitK(P, cu, Q, b, ci, Q8, qs, hp, tmp)
+
+
+bind_constructor(ImplicitK, _new_implicitk)
+
+
+@njit(cache=True, inline="always")
 def implicit_learn(m, us, it, u, i):
     """One positive event's update (ISGD part and sampled BPR pairs); True if finite."""
     hp = m.hp
@@ -117,7 +126,7 @@ def implicit_learn(m, us, it, u, i):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def implicit_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     u = b.U[e]
     n_cat = it.n[0]
@@ -128,12 +137,12 @@ def implicit_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def implicit_learn_post(m, us, it, sc, b, e):
     return implicit_learn(m, us, it, b.U[e], b.I[e])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def implicit_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     if m.cu[u] == 0:  # not learned yet (e.g. a frequency filter): the popularity list
         return user_pop_topk(u, us, it, sc, k, out_idx, out_sc)
@@ -142,4 +151,4 @@ def implicit_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
 
 
-register_steps(ImplicitK, rank=implicit_rank, learn_post=implicit_learn_post, recommend=implicit_recommend)
+register_steps(ImplicitKType, rank=implicit_rank, learn_post=implicit_learn_post, recommend=implicit_recommend)

@@ -29,13 +29,22 @@ from numba import njit
 
 from .core import recent_item, user_topk
 from .driver import register_steps
+from .layout import bind_constructor, define
 
 ItemKNNHP = namedtuple("ItemKNNHP", ["window", "gamma", "recent", "alpha", "beta", "pop_weight"])
 # inv[j] = n[j]^-(1 - beta), kept up to date by itemknn_learn
-ItemKNNK = namedtuple("ItemKNNK", ["C", "n", "inv", "hp"])
+ItemKNNK, ItemKNNKType = define("ItemKNNK", ['C', 'n', 'inv', 'hp'], __name__)
 
 
 @njit(cache=True)
+def _new_itemknnk(C, n, inv, hp):
+    return ItemKNNK(C, n, inv, hp)
+
+
+bind_constructor(ItemKNNK, _new_itemknnk)
+
+
+@njit(cache=True, inline="always")
 def itemknn_scores(m, us, it, u, scores):
     """Fill ``scores[:n_cat]`` for user ``u`` (any row; a new user gets popularity only)."""
     hp = m.hp
@@ -61,7 +70,7 @@ def itemknn_scores(m, us, it, u, scores):
         scores[j] = scores[j] * inv[j] + f * pop[j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def itemknn_learn(m, us, it, u, i):
     """Count co-occurrences of i with the user's previous items (call before ``observe``)."""
     hp = m.hp
@@ -80,23 +89,23 @@ def itemknn_learn(m, us, it, u, i):
     m.inv[i] = math.pow(m.n[i], hp.beta - 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def itemknn_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     u = b.U[e]
     itemknn_scores(m, us, it, u, sc.scores)
     return user_topk(sc.scores, it.n[0], u, us, it, sc, k, out_idx, out_sc)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def itemknn_learn_pre(m, us, it, sc, b, e):
     itemknn_learn(m, us, it, b.U[e], b.I[e])
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def itemknn_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     itemknn_scores(m, us, it, u, sc.scores)
     return user_topk(sc.scores, it.n[0], u, us, it, sc, k, out_idx, out_sc)
 
 
-register_steps(ItemKNNK, rank=itemknn_rank, learn_pre=itemknn_learn_pre, recommend=itemknn_recommend)
+register_steps(ItemKNNKType, rank=itemknn_rank, learn_pre=itemknn_learn_pre, recommend=itemknn_recommend)

@@ -1,4 +1,5 @@
-"""The structures kernels receive: named tuples of arrays, one per concern.
+"""The structures kernels receive: one per concern, each a numba ``structref`` (a struct
+passed by reference, so a step called per event passes a pointer, not dozens of arrays).
 
 Every kernel takes the same few structures, so adding an array to one of them touches
 its declaration and the code that reads it, never a positional unpacking elsewhere:
@@ -21,13 +22,19 @@ its declaration and the code that reads it, never a positional unpacking elsewhe
   event's item position in the pre-learning top-k (-1 miss, -2 not ranked), ``topk``
   that top-k, ``lst``/``lst_sc`` the list after learning, for events flagged WANT_LIST).
 
-A model adds its own named tuple (its arrays of both sides and its hyper-parameters,
-see ``driver``).
+A model adds its own structure (its arrays of both sides and its hyper-parameters, a
+named tuple of scalars), declared with ``define`` like these, and registers its steps for
+that structure's type (``driver``).
+
+Why not named tuples: a tuple of arrays is passed by value, and every binding of it binds
+each array anew with an atomic reference-count increment and decrement; a model whose
+steps took ~40 arrays per event spent more time counting references than learning.
 """
 
 from __future__ import annotations
 
-from collections import namedtuple
+from numba import njit, types
+from numba.experimental import structref
 
 # Event flags, set per event by the model wrapper.
 EVALUATE = 1  # compute the prequential prediction before learning
@@ -36,8 +43,72 @@ WANT_LIST = 4  # compute the user's list after learning (to be emitted)
 RANK = 8  # rank the catalog before learning (ranking metrics)
 PEEK = 16  # read only: with WANT_LIST, the user's current list; nothing is learned or recorded
 
-UserK = namedtuple("UserK", ["uev", "recent", "hoff", "hlen", "hpool", "seen", "seen_count", "rng", "dirty"])
-ItemK = namedtuple("ItemK", ["n", "active", "pop", "pop_meta", "porder", "prank", "iev", "dirty", "key", "seed"])
-Scratch = namedtuple("Scratch", ["scores", "excl", "sc_k"])
-Batch = namedtuple("Batch", ["U", "I", "V", "Y", "T", "E", "F", "ctx_ptr", "ctx_hash"])
-Out = namedtuple("Out", ["pred", "pos", "topk", "lst", "lst_sc"])
+
+class _Type(types.StructRef):
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(typ)) for name, typ in fields)
+
+
+def define(name: str, fields: list[str], module: str):
+    """Declare structure ``name`` with ``fields`` for ``module``: returns the Python-side
+    proxy (constructed positionally) and the numba type class (steps are registered for
+    it), which the module must bind to the same names at its top level (numba's cache finds
+    types by qualified name). The module then defines the structure's cached constructor
+    and binds it with ``bind_constructor``."""
+    typ = type(name + "Type", (_Type,), {"__module__": module, "__qualname__": name + "Type"})
+    structref.register(typ)
+    proxy = type(name, (structref.StructRefProxy,), {"__module__": module, "__qualname__": name,
+                                                     "FIELDS": tuple(fields), "__slots__": ()})
+    structref.define_proxy(proxy, typ, list(fields))
+    return proxy, typ
+
+
+def bind_constructor(proxy, ctor) -> None:
+    """Python-side construction goes through ``ctor``, a cached ``@njit`` function of the
+    module (structref's own constructor is compiled anew in every process)."""
+
+    def new(cls, *args):
+        if len(args) != len(cls.FIELDS):
+            raise TypeError(f"{cls.__name__} takes {len(cls.FIELDS)} fields {cls.FIELDS}, got {len(args)}")
+        return ctor(*args)
+
+    proxy.__new__ = new
+
+
+UserK, UserKType = define("UserK", ["uev", "recent", "hoff", "hlen", "hpool", "seen", "seen_count", "rng", "dirty"], __name__)
+ItemK, ItemKType = define("ItemK", ["n", "active", "pop", "pop_meta", "porder", "prank", "iev", "dirty", "key", "seed"], __name__)
+Scratch, ScratchType = define("Scratch", ["scores", "excl", "sc_k"], __name__)
+Batch, BatchType = define("Batch", ["U", "I", "V", "Y", "T", "E", "F", "ctx_ptr", "ctx_hash"], __name__)
+Out, OutType = define("Out", ["pred", "pos", "topk", "lst", "lst_sc"], __name__)
+
+
+@njit(cache=True)
+def _new_user(uev, recent, hoff, hlen, hpool, seen, seen_count, rng, dirty):
+    return UserK(uev, recent, hoff, hlen, hpool, seen, seen_count, rng, dirty)
+
+
+@njit(cache=True)
+def _new_item(n, active, pop, pop_meta, porder, prank, iev, dirty, key, seed):
+    return ItemK(n, active, pop, pop_meta, porder, prank, iev, dirty, key, seed)
+
+
+@njit(cache=True)
+def _new_scratch(scores, excl, sc_k):
+    return Scratch(scores, excl, sc_k)
+
+
+@njit(cache=True)
+def _new_batch(U, I, V, Y, T, E, F, ctx_ptr, ctx_hash):
+    return Batch(U, I, V, Y, T, E, F, ctx_ptr, ctx_hash)
+
+
+@njit(cache=True)
+def _new_out(pred, pos, topk, lst, lst_sc):
+    return Out(pred, pos, topk, lst, lst_sc)
+
+
+bind_constructor(UserK, _new_user)
+bind_constructor(ItemK, _new_item)
+bind_constructor(Scratch, _new_scratch)
+bind_constructor(Batch, _new_batch)
+bind_constructor(Out, _new_out)

@@ -39,13 +39,22 @@ from numba import njit
 from .common import clip
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
+from .layout import bind_constructor, define
 from .init import init_item_row, init_user_row
 from .topk import quantize_row, score_factors, score_factors_q8
 
 MFHP = namedtuple("MFHP", ["lr", "reg", "user_bias_lr_min", "user_bias_prior", "item_bias_lr_min", "item_bias_prior",
                            "bias_reg", "init_std", "adagrad", "rating_min", "rating_max", "quantized"])
 # tmp: [raw prediction, user known, item known, mu] of the current event (set by prep)
-MFK = namedtuple("MFK", ["P", "bu", "cu", "gu", "Q", "bi", "ci", "gi", "glob", "Q8", "qs", "hp", "tmp"])
+MFK, MFKType = define("MFK", ['P', 'bu', 'cu', 'gu', 'Q', 'bi', 'ci', 'gi', 'glob', 'Q8', 'qs', 'hp', 'tmp'], __name__)
+
+
+@njit(cache=True)
+def _new_mfk(P, bu, cu, gu, Q, bi, ci, gi, glob, Q8, qs, hp, tmp):
+    return MFK(P, bu, cu, gu, Q, bi, ci, gi, glob, Q8, qs, hp, tmp)
+
+
+bind_constructor(MFK, _new_mfk)
 
 
 @njit(cache=True, inline="always")
@@ -54,7 +63,7 @@ def _mu(m):
     return g[0] / g[1] if g[1] > 0 else 0.5 * (m.hp.rating_min + m.hp.rating_max)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mf_prep(m, us, it, sc, b, e):
     u = b.U[e]
     i = b.I[e]
@@ -77,7 +86,7 @@ def mf_prep(m, us, it, sc, b, e):
     m.tmp[3] = mu
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mf_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     u = b.U[e]
     n_cat = it.n[0]
@@ -89,12 +98,12 @@ def mf_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mf_predict(m, us, it, sc, b, e):
     return clip(m.tmp[0], m.hp.rating_min, m.hp.rating_max)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mf_learn(m, us, it, sc, b, e):
     u = b.U[e]
     i = b.I[e]
@@ -147,7 +156,7 @@ def mf_learn(m, us, it, sc, b, e):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mf_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     if m.cu[u] == 0:  # no rating from this user yet: the popularity list
         c = user_pop_topk(u, us, it, sc, k, out_idx, out_sc)
@@ -163,4 +172,4 @@ def mf_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return c
 
 
-register_steps(MFK, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn, recommend=mf_recommend)
+register_steps(MFKType, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn, recommend=mf_recommend)
