@@ -264,9 +264,10 @@ class Shard:
         k = self.settings.k
         sc = scratch.scratch(self.items.arrays.cap, k)
         idx = np.full(k, -1, np.int32)
-        c = user_pop_topk(-1, self.users.kernel(), self.items.kernel(), sc, k, idx, sc.sc_k)
+        scores = np.zeros(k)
+        c = user_pop_topk(-1, self.users.kernel(), self.items.kernel(), sc, k, idx, scores)
         out.lst[0] = idx
-        out.lst_sc[0, :c] = sc.sc_k[:c]
+        out.lst_sc[0, :c] = scores[:c]
 
     def catalog(self, ops: list[tuple[str, str]]) -> None:
         """Apply catalog operations in order: ``add`` makes an item recommendable (a new
