@@ -128,14 +128,17 @@ class ShardLogic(StatefulBatchLogic):
         sh = self.shard
         b = EventBatch.concat(batches)
         b, replayed = sh.filter.skip_applied(b)
-        again = self._replayed(replayed) if replayed is not None else []
+        again = []
+        if replayed is not None:
+            self.metrics.replayed(len(replayed))
+            again = self._replayed(replayed)
         for part, first, top in sh.filter.gap(b):
             log.error("shard %d: after the restore, source partition %d resumed at %d but the state has events up "
                       "to %d only: %d event(s) are missing", sh.index, part, first, top, first - top - 1)
         b, dups = sh.filter.drop_duplicates(b)
         b, held = sh.admit(b)
-        if dups:
-            self.metrics.duplicates(dups)
+        self.metrics.duplicates(dups)
+        self.metrics.filtered(held)
         if len(b) == 0:
             r = ShardResult.empty(sh.index, [], sh.users.total, len(sh.items))
         elif self.policy is None:
@@ -225,17 +228,33 @@ def open_store(ck: CheckpointSettings) -> Store:
 
 
 class _CountingParser:
-    """Wraps a parser to count what goes to the dead letter."""
+    """Wraps a parser to count the messages it reads and what goes to the dead letter."""
 
-    def __init__(self, parser, metrics):
+    def __init__(self, parser, metrics, catalog: bool = False):
         self.parser = parser
         self.metrics = metrics
+        self.is_catalog = catalog
 
     def __call__(self, raw):
         ok, dead = self.parser(raw)
-        if dead:
+        if self.is_catalog:
+            self.metrics.catalog(len(raw), len(dead))
+        else:
+            self.metrics.consumed(len(raw))
             self.metrics.invalid(len(dead))
         return ok, dead
+
+
+class _CountingRouter:
+    """Counts the events of an already-parsed input (a replay) as consumed."""
+
+    def __init__(self, router, metrics):
+        self.router = router
+        self.metrics = metrics
+
+    def __call__(self, batch):
+        self.metrics.consumed(len(batch))
+        return self.router(batch)
 
 
 def _lists_of(r: ShardResult):
@@ -273,11 +292,12 @@ def build_flow(
         dead_streams.append(op.filter_map("parse_errors", parsed, lambda t: t[1] or None))
     else:
         batches = inp
-    routed = op.flat_map("route", batches, Router(settings.n_shards))
+    router = Router(settings.n_shards)
+    routed = op.flat_map("route", batches, router if raw else _CountingRouter(router, metrics))
     if catalog_source is not None:
         keys = shard_keys(settings.n_shards)
         cat = op.input("catalog", flow, catalog_source)
-        cparsed = op.map("parse_catalog", cat, _CountingParser(CatalogParser(), metrics))
+        cparsed = op.map("parse_catalog", cat, _CountingParser(CatalogParser(), metrics, catalog=True))
         ops = op.filter_map("catalog_ops", cparsed, lambda t: t[0] or None)
         dead_streams.append(op.filter_map("catalog_errors", cparsed, lambda t: t[1] or None))
         bcast = op.flat_map("broadcast", ops, lambda o: [(key, ("catalog", j, o)) for j, key in enumerate(keys)])

@@ -154,13 +154,16 @@ def cmd_run(args) -> int:
         if isinstance(cause, (CheckpointError, KafkaSetupError)):
             raise CliError(str(cause)) from None
         raise
-    log.info("stopped")
+    counts = metrics.accounting()
+    log.info("stopped; messages consumed %d = applied %d + duplicate %d + replayed %d + filtered %d + invalid %d",
+             counts["consumed"], counts["applied"], counts["duplicate"], counts["replayed"], counts["filtered"],
+             counts["invalid"], extra={"accounting": counts})
     if job.metrics is not None and job.metrics.acc.events:
         # the embedded job ends with its prequential metrics, one JSON object on the last line
         acc, clock = job.metrics.acc, job.metrics.clock
         flow_s = (clock.last_update - clock.first_event) if clock.first_event and clock.last_update else 0.0
         summary = {"model": cfg.model, "k": cfg.k, "events": acc.events, **acc.finish(), "lists": acc.lists,
-                   "duplicates": acc.duplicates, "filtered": acc.filtered,
+                   "duplicates": acc.duplicates, "filtered": acc.filtered, "accounting": counts,
                    "flow_s": round(flow_s, 4), "events_per_s": round(acc.events / flow_s, 1) if flow_s else None,
                    "checkpointing": bool(cfg.checkpoint_dir)}
         print(dumps_line(summary), flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 
 UPDATE_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 LATENCY_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -20,14 +21,51 @@ class MetricsPortError(OSError):
 
 
 class NullMetrics:
+    """The process's accounting of every message read, without an endpoint.
+
+    Every message the input hands the flow ends in exactly one of: applied (learned),
+    duplicate (its event id was seen within the window), replayed (applied before a
+    restore, skipped), filtered (its user is not admitted yet), invalid (dead letter), so
+    ``consumed == applied + duplicate + replayed + filtered + invalid`` (``accounting``).
+    """
+
+    COUNTS = ("consumed", "applied", "duplicate", "replayed", "filtered", "invalid", "catalog_consumed",
+              "catalog_invalid")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(self.COUNTS, 0)
+
+    def _add(self, name: str, n: int) -> None:
+        if n:
+            with self._lock:
+                self.counts[name] += n
+
+    def accounting(self) -> dict:
+        with self._lock:
+            return dict(self.counts)
+
+    def consumed(self, n: int) -> None:
+        self._add("consumed", n)
+
+    def replayed(self, n: int) -> None:
+        self._add("replayed", n)
+
+    def filtered(self, n: int) -> None:
+        self._add("filtered", n)
+
     def events_in(self, n: int) -> None:
-        pass
+        self._add("applied", n)
 
     def invalid(self, n: int) -> None:
-        pass
+        self._add("invalid", n)
+
+    def catalog(self, consumed: int, invalid: int) -> None:
+        self._add("catalog_consumed", consumed)
+        self._add("catalog_invalid", invalid)
 
     def duplicates(self, n: int) -> None:
-        pass
+        self._add("duplicate", n)
 
     def lists_out(self, n: int) -> None:
         pass
@@ -48,6 +86,7 @@ class Metrics(NullMetrics):
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        super().__init__()
         self.registry = CollectorRegistry()
         r = self.registry
         self._events = Counter("recsys_events_in", "Valid events that entered the model step", registry=r)
@@ -65,12 +104,15 @@ class Metrics(NullMetrics):
                           ["topic", "partition"], registry=r)
 
     def events_in(self, n):
+        super().events_in(n)
         self._events.inc(n)
 
     def invalid(self, n):
+        super().invalid(n)
         self._invalid.inc(n)
 
     def duplicates(self, n):
+        super().duplicates(n)
         self._dups.inc(n)
 
     def lists_out(self, n):
