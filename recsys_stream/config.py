@@ -228,8 +228,8 @@ class BacktestConfig:
             raise ConfigError(f"passes: must be >= 1, got {self.passes}")
         if self.show < 0 or self.window_events < 0:
             raise ConfigError("show and window_events: must be >= 0")
-        if self.format == "csv" and not self.delimiter:
-            raise ConfigError("delimiter: must not be empty")
+        if len(self.delimiter) != 1:
+            raise ConfigError(f"--delimiter: expected one character, got {self.delimiter!r}")
         if self.out and os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ConfigError(f"out: {self.out} exists and is not a folder")
         if self.lists:

@@ -10,8 +10,13 @@ Formats (``--format``, or detected from the name and the first line):
   (``user=COL,item=COL[,ts=COL][,value=COL][,type=COL]``).
 
 A malformed line never stops a read: it becomes a ``DeadLetter`` holding the line number,
-its raw bytes and the reason, and the reader goes on. Events come back in event-time
-order (stable for ties) unless ``sort=False``.
+its raw bytes and the reason, and the reader goes on. Values and times obey the bounds of
+``eventjson`` (``MAX_ABS_VALUE``, ``TS_MIN``/``TS_MAX``) in every format, and ratings the
+model's ``value_range`` when one is given. Events come back in event-time order (stable
+for ties) unless ``sort=False``.
+
+Dead-letter files are written without following a symlink at their path
+(``write_dead_letters``): a link planted there is refused, its target left alone.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 import orjson
 
 from ..events import EVENT_TYPES, RATING, EventBatch
-from .eventjson import EventError, check_id, parse_event_bytes, parse_ts, parse_type
+from .eventjson import (EventError, check_id, check_range, check_ts, check_value, parse_event_bytes, parse_ts,
+                        parse_type)
 
 FORMATS = ("udata", "dat", "mlcsv", "jsonl", "csv")
 CSV_FIELDS = ("user", "item", "ts", "value", "type")
@@ -151,7 +157,12 @@ def _number(text: str, what: str) -> float:
     return v
 
 
-def _read_delimited(path, sep: str, cols: _Columns, errors: list, skip_header: bool) -> int:
+def _value(text: str, what: str) -> float:
+    return check_value(_number(text, what), what)
+
+
+def _read_delimited(path, sep: str, cols: _Columns, errors: list, skip_header: bool,
+                    value_range=None) -> int:
     lines = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -168,8 +179,8 @@ def _read_delimited(path, sep: str, cols: _Columns, errors: list, skip_header: b
                     raise EventError(f"expected 4 fields separated by {sep!r} (user, item, rating, timestamp), got {len(parts)}")
                 u = check_id(parts[0].strip(), "user")
                 i = check_id(parts[1].strip(), "item")
-                r = _number(parts[2], "rating")
-                t = _number(parts[3], "timestamp")
+                r = check_range(_value(parts[2], "rating"), RATING, value_range)
+                t = check_ts(_number(parts[3], "timestamp"), "timestamp")
             except (EventError, UnicodeDecodeError) as exc:
                 errors.append(DeadLetter(path, str(exc), line, line=lineno))
                 continue
@@ -177,7 +188,7 @@ def _read_delimited(path, sep: str, cols: _Columns, errors: list, skip_header: b
     return lines
 
 
-def _read_jsonl(path, cols: _Columns, errors: list) -> int:
+def _read_jsonl(path, cols: _Columns, errors: list, value_range=None) -> int:
     lines = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -186,7 +197,7 @@ def _read_jsonl(path, cols: _Columns, errors: list) -> int:
             if not line.strip():
                 continue
             try:
-                u, i, t, et, v, ctx, _eid = parse_event_bytes(line)
+                u, i, t, et, v, ctx, _eid = parse_event_bytes(line, value_range)
             except EventError as exc:
                 errors.append(DeadLetter(path, str(exc), line, line=lineno))
                 continue
@@ -194,7 +205,8 @@ def _read_jsonl(path, cols: _Columns, errors: list) -> int:
     return lines
 
 
-def _read_csv(path, mapping: dict, delimiter: str, default_type: str, cols: _Columns, errors: list) -> int:
+def _read_csv(path, mapping: dict, delimiter: str, default_type: str, cols: _Columns, errors: list,
+              value_range=None) -> int:
     default_code = parse_type(default_type)
     lines = 0
     with open(path, "rb") as f:
@@ -219,8 +231,9 @@ def _read_csv(path, mapping: dict, delimiter: str, default_type: str, cols: _Col
                 u = check_id(row[pos["user"]].strip(), "user")
                 i = check_id(row[pos["item"]].strip(), "item")
                 t = float(lineno) if "ts" not in pos else _ts_text(row[pos["ts"]])
-                v = 1.0 if "value" not in pos else _number(row[pos["value"]], "value")
+                v = 1.0 if "value" not in pos else _value(row[pos["value"]], "value")
                 et = default_code if "type" not in pos else parse_type(row[pos["type"]].strip())
+                check_range(v, et, value_range)
             except (EventError, UnicodeDecodeError, csv.Error) as exc:
                 errors.append(DeadLetter(path, str(exc), line, line=lineno))
                 continue
@@ -231,9 +244,10 @@ def _read_csv(path, mapping: dict, delimiter: str, default_type: str, cols: _Col
 def _ts_text(text: str) -> float:
     text = text.strip()
     try:
-        return _number(text, "timestamp")
-    except EventError:
+        v = float(text)
+    except ValueError:
         return parse_ts(text)
+    return check_ts(v, "timestamp")
 
 
 def read_events(
@@ -243,8 +257,11 @@ def read_events(
     delimiter: str = ",",
     default_type: str = "rating",
     sort: bool = True,
+    value_range: tuple[float, float] | None = None,
 ) -> ReadResult:
-    """Read a whole log (see the module docstring); bad lines land in ``errors``."""
+    """Read a whole log (see the module docstring); bad lines land in ``errors``.
+    ``value_range``: the (lo, hi) a rating must lie in (the model's domain); None: only
+    the global bound ``eventjson.MAX_ABS_VALUE``."""
     if not os.path.exists(path):
         raise ReaderError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -262,19 +279,21 @@ def read_events(
     cols = _Columns()
     errors: list[DeadLetter] = []
     if fmt == "udata":
-        lines = _read_delimited(path, "\t", cols, errors, skip_header=False)
+        lines = _read_delimited(path, "\t", cols, errors, skip_header=False, value_range=value_range)
     elif fmt == "dat":
-        lines = _read_delimited(path, "::", cols, errors, skip_header=False)
+        lines = _read_delimited(path, "::", cols, errors, skip_header=False, value_range=value_range)
     elif fmt == "mlcsv":
         with open(path, "rb") as f:
             head = f.readline().decode("utf-8", "replace").strip().replace(" ", "")
         if head.lower() != "userid,movieid,rating,timestamp":
             raise ReaderError(f"{path}: line 1 should be the header userId,movieId,rating,timestamp, got {head[:60]!r}")
-        lines = _read_delimited(path, ",", cols, errors, skip_header=True)
+        lines = _read_delimited(path, ",", cols, errors, skip_header=True, value_range=value_range)
     elif fmt == "jsonl":
-        lines = _read_jsonl(path, cols, errors)
+        lines = _read_jsonl(path, cols, errors, value_range)
     else:
-        lines = _read_csv(path, parse_columns(columns), delimiter, default_type, cols, errors)
+        if len(delimiter) != 1:
+            raise ReaderError(f"--delimiter: expected one character, got {delimiter!r}")
+        lines = _read_csv(path, parse_columns(columns), delimiter, default_type, cols, errors, value_range)
     batch = cols.batch()
     if sort:
         batch = batch.sort_by_time()
@@ -282,8 +301,22 @@ def read_events(
     return ReadResult(batch, errors, fmt, lines)
 
 
+class DeadLetterPathError(OSError):
+    """The dead-letter file cannot be written there (a symlink, a folder, no permission)."""
+
+
 def write_dead_letters(path: str, errors: list[DeadLetter], append: bool = False) -> None:
-    with open(path, "ab" if append else "wb") as f:
+    """Write the dead letters as JSON Lines. The path is opened with ``O_NOFOLLOW``: a
+    symlink there (planted, or left over) is refused instead of overwriting its target."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise DeadLetterPathError(exc.errno, "it is a symbolic link; refusing to write through it (remove it "
+                                      "or choose another path)", path) from None
+        raise DeadLetterPathError(exc.errno, exc.strerror or str(exc), path) from None
+    with os.fdopen(fd, "wb") as f:
         for e in errors:
             f.write(e.to_json())
             f.write(b"\n")
