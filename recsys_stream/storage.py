@@ -15,6 +15,15 @@ big-endian, so the versions of one entity sit together, oldest first. Tables:
 A value is ``FORMAT (u16) | payload length (u32) | payload | crc32 (u32)`` over the
 header and payload: every record is checked when read.
 
+Long entities
+-------------
+LMDB keys are at most 511 bytes, and an id of 256 characters is up to 1,024 bytes of
+UTF-8. An entity of more than ``MAX_PLAIN_ENTITY`` (256) bytes is keyed by its 32-byte
+BLAKE2b digest instead, with the length field's high bit set (``LONG``), and its record's
+payload starts with the entity itself (``u16 length | entity``) before the payload
+proper; ``get``, ``latest``, ``scan`` and every caller see the real entity and payload.
+Any id the input accepts is storable (format 3; format 2 had no long keys).
+
 Generations
 -----------
 A checkpoint writes generation ``g`` = head + 1: the records of every entity that
@@ -33,12 +42,17 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import Iterator
 
 import lmdb
 import orjson
 
-FORMAT = 2
+FORMAT = 3
+# Entities longer than this (bytes) are keyed by their digest (see "Long entities").
+MAX_PLAIN_ENTITY = 256
+LONG = 0x8000
+_DIGEST = 32
 # Generations kept restorable: Bytewax commits an epoch after its snapshots are written
 # and inputs wait for that commit, so it resumes from the newest generation or the one
 # before. A restore older than what is kept is refused (``FLOOR``): never served from a
@@ -83,8 +97,19 @@ def crc_of(value: bytes) -> int:
     return _CRC.unpack_from(value, len(value) - _CRC.size)[0]
 
 
+def is_long(entity: bytes) -> bool:
+    return len(entity) > MAX_PLAIN_ENTITY
+
+
+def entity_key(entity: bytes) -> bytes:
+    """The entity's part of a key: ``len | entity``, or ``LONG|32 | digest`` when long."""
+    if len(entity) > MAX_PLAIN_ENTITY:
+        return _LEN.pack(LONG | _DIGEST) + blake2b(entity, digest_size=_DIGEST).digest()
+    return _LEN.pack(len(entity)) + entity
+
+
 def entity_prefix(shard: int, table: bytes, entity: bytes) -> bytes:
-    return _SHARD.pack(shard) + table + _LEN.pack(len(entity)) + entity
+    return _SHARD.pack(shard) + table + entity_key(entity)
 
 
 def version_key(shard: int, table: bytes, entity: bytes, gen: int) -> bytes:
@@ -92,12 +117,47 @@ def version_key(shard: int, table: bytes, entity: bytes, gen: int) -> bytes:
 
 
 def split_key(key: bytes) -> tuple[int, bytes, bytes, int]:
+    """(shard, table, the key's entity bytes, generation): for a long entity, its digest
+    (the real entity is in the record, see ``unwrap``)."""
     shard = _SHARD.unpack_from(key)[0]
     table = key[2:3]
     (n,) = _LEN.unpack_from(key, 3)
+    n &= ~LONG
     entity = key[5 : 5 + n]
     gen = _GEN.unpack_from(key, 5 + n)[0]
     return shard, table, entity, gen
+
+
+def key_is_long(key: bytes) -> bool:
+    return bool(_LEN.unpack_from(key, 3)[0] & LONG)
+
+
+def wrap(entity: bytes, payload: bytes) -> bytes:
+    """The stored payload of an entity's record (the entity first when it is long)."""
+    if len(entity) > MAX_PLAIN_ENTITY:
+        return _LEN.pack(len(entity)) + entity + payload
+    return payload
+
+
+def unwrap(key: bytes, payload: bytes, where: str) -> tuple[bytes, bytes]:
+    """(entity, payload) of a record read at ``key`` (its decoded payload)."""
+    if not key_is_long(key):
+        return split_key(key)[2], payload
+    if len(payload) < _LEN.size:
+        raise CheckpointError(f"{where}: record of a long entity truncated")
+    (n,) = _LEN.unpack_from(payload)
+    entity = payload[_LEN.size : _LEN.size + n]
+    if len(entity) != n or blake2b(entity, digest_size=_DIGEST).digest() != split_key(key)[2]:
+        raise CheckpointError(f"{where}: the entity in the record does not match its key's digest (corrupt)")
+    return entity, payload[_LEN.size + n :]
+
+
+def _raw_entity(key: bytes, value: bytes) -> bytes:
+    """The entity of a record without checking it (counting, listing)."""
+    if not key_is_long(key):
+        return split_key(key)[2]
+    (n,) = _LEN.unpack_from(value, _HDR.size)
+    return value[_HDR.size + _LEN.size : _HDR.size + _LEN.size + n]
 
 
 @dataclass
@@ -182,7 +242,9 @@ class Store:
         return Manifest.from_bytes(decode(v, f"shard {shard} manifest of generation {gen}"))
 
     def latest(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> tuple[int, bytes] | None:
-        """(generation, raw value) of the entity's newest version <= gen, or None."""
+        """(generation, raw value) of the entity's newest version <= gen, or None. The value
+        decodes (``decode``) to the entity's payload, for long entities too (their record
+        is checked and unwrapped here, and handed back as a record of the payload alone)."""
         prefix = entity_prefix(shard, table, entity)
         cur = txn.cursor()
         if not cur.set_range(prefix + _GEN.pack(gen + 1)):
@@ -194,17 +256,24 @@ class Store:
         key = cur.key()
         if not key.startswith(prefix) or len(key) != len(prefix) + 8:
             return None
-        return _GEN.unpack_from(key, len(prefix))[0], cur.value()
+        g = _GEN.unpack_from(key, len(prefix))[0]
+        value = cur.value()
+        if key_is_long(key):
+            where = f"shard {shard} {table.decode()} {entity[:40]!r}... generation {g}"
+            _e, payload = unwrap(key, decode(value, where), where)
+            value = encode(payload)
+        return g, value
 
     def get(self, shard: int, table: bytes, entity: bytes, gen: int) -> bytes | None:
         with self.env.begin() as txn:
             hit = self.latest(txn, shard, table, entity, gen)
         if hit is None:
             return None
-        return decode(hit[1], f"shard {shard} {table.decode()} {entity!r} generation {hit[0]}")
+        return decode(hit[1], f"shard {shard} {table.decode()} {entity[:60]!r} generation {hit[0]}")
 
     def scan(self, shard: int, table: bytes, gen: int, verify: bool = True) -> Iterator[tuple[bytes, int, bytes]]:
-        """(entity, generation, payload) of every entity's newest version <= gen."""
+        """(entity, generation, payload) of every entity's newest version <= gen; with
+        ``verify=False`` the payload is the raw value, unchecked (for counting)."""
         start = _SHARD.pack(shard) + table
         with self.env.begin() as txn:
             cur = txn.cursor()
@@ -214,19 +283,22 @@ class Store:
                 key = cur.key()
                 if not key.startswith(start):
                     break
-                _s, _t, entity, g = split_key(key)
-                if best is not None and best[0] != entity:
+                g = _GEN.unpack_from(key, len(key) - _GEN.size)[0]
+                if best is not None and best[0] != key[: -_GEN.size]:
                     yield self._checked(shard, table, best, verify)
                     best = None
                 if g <= gen:
-                    best = (entity, g, cur.value())
+                    best = (key[: -_GEN.size], g, key, cur.value())
                 ok = cur.next()
             if best is not None:
                 yield self._checked(shard, table, best, verify)
 
     def _checked(self, shard, table, best, verify):
-        entity, g, value = best
-        payload = decode(value, f"shard {shard} {table.decode()} {entity!r} generation {g}") if verify else value
+        _prefix, g, key, value = best
+        if not verify:
+            return _raw_entity(key, value), g, value
+        where = f"shard {shard} {table.decode()} {split_key(key)[2][:60]!r} generation {g}"
+        entity, payload = unwrap(key, decode(value, where), where)
         return entity, g, payload
 
     def verify_generation(self, shard: int, gen: int) -> Manifest:
@@ -282,7 +354,7 @@ class Store:
                 x = 0
                 index = []
                 for j, (table, entity, payload) in enumerate(records):
-                    value = encode(payload)
+                    value = encode(wrap(entity, payload))
                     key = version_key(shard, table, entity, gen)
                     txn.put(key, value)
                     index.append(_LEN.pack(len(key)) + key)
@@ -305,6 +377,12 @@ class Store:
         except lmdb.DiskError as exc:
             raise CheckpointError(f"{self.path}: disk error while checkpointing ({exc}); nothing of this "
                                   "checkpoint was written") from None
+        except lmdb.ReadonlyError:
+            raise CheckpointError(f"{self.path}: the checkpoint is read-only (its files or the file system); "
+                                  "nothing of this checkpoint was written") from None
+        except lmdb.Error as exc:
+            raise CheckpointError(f"{self.path}: LMDB refused the checkpoint ({exc}); nothing of this checkpoint "
+                                  "was written") from None
         return gen
 
     def _gc(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> None:

@@ -167,3 +167,68 @@ def test_item11_dead_letter_writer_refuses_a_symlink(tmp_path):
         assert proc.returncode == 2 and str(link) in proc.stderr and "symbolic link" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 or "Traceback" not in proc.stderr
     assert victim.read_text() == "precious\n"
+
+
+# -- item 2: every id the input accepts checkpoints ---------------------------------------------
+
+
+def _roundtrip(user_ids: list[str], item_ids: list[str], model: str = "itemknn"):
+    import tempfile
+
+    import numpy as np
+
+    from recsys_stream.checkpoint import Checkpointer, digest
+    from recsys_stream.events import EventBatch
+    from recsys_stream.models import model_params
+    from recsys_stream.shard import Shard, ShardSettings
+    from recsys_stream.storage import USERS, Store
+
+    n = max(len(user_ids), len(item_ids)) * 2
+    users = [user_ids[j % len(user_ids)] for j in range(n)]
+    items = [item_ids[(j * 7 + j // len(item_ids)) % len(item_ids)] for j in range(n)]
+    b = EventBatch.from_columns(users, items, 1.7e9 + np.arange(n), np.zeros(n), np.full(n, 4.0), np.arange(n),
+                                np.full(n, -1), np.arange(n))
+    settings_ = ShardSettings(model=model, params=model_params(model), seed=3)
+    with tempfile.TemporaryDirectory() as d:
+        st_a = Store(d, map_size=256 << 20)
+        a = Shard(0, settings_)
+        a.checkpointer = Checkpointer(a, st_a)
+        kept, _held = a.admit(b)
+        a.process(kept)
+        g = a.checkpointer.snapshot(a.filter.snapshot())
+        assert st_a.verify_generation(0, g).records > 0
+        d1, counts = digest(st_a, {0: g})
+        assert counts == {"users": len(set(users)), "items": len(set(items))}
+        assert {e.decode("utf-8") for e, _g, _p in st_a.scan(0, USERS, g)} == set(users)
+        assert {e.decode("utf-8") for e, _g, _p in st_a.scan(0, USERS, g, verify=False)} == set(users)
+        st_a.close()
+        st_b = Store(d, map_size=256 << 20)  # another process
+        bsh = Shard(0, settings_)
+        bsh.checkpointer = Checkpointer(bsh, st_b)
+        bsh.filter.restore(bsh.checkpointer.restore(g))
+        assert sorted(x for x in bsh.items.ids.ids if x is not None) == sorted(set(items))
+        for u in dict.fromkeys(users):
+            ra, rb = a.recommend(u), bsh.recommend(u)
+            assert rb["known"] and (rb["version"], rb["items"]) == (ra["version"], ra["items"]), u
+        # and a second generation over the restored state (versions, GC and rollback of long keys)
+        more, _ = bsh.admit(b)
+        bsh.process(more)
+        g2 = bsh.checkpointer.snapshot(bsh.filter.snapshot())
+        assert st_b.verify_generation(0, g2).gen == g2
+        assert st_b.rollback(0, g) > 0 and digest(st_b, {0: g})[0] == d1
+        st_b.close()
+
+
+def test_item2_ids_of_256_wide_characters_checkpoint():
+    # 256 CJK characters (768 bytes), 256 astral ones (1,024 bytes): beyond LMDB's 511-byte keys
+    users = ["中" * 256, "𠀀" * 256, "😀" * 255 + "a", "u" * 256, "x"]
+    items = ["文" * 256, "𪚥" * 256, "i" * 256, "e\u0301" * 128, "j"]
+    _roundtrip(users, items)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(users=st.lists(hostile.ids().map(str), min_size=1, max_size=12, unique=True),
+       items=st.lists(hostile.ids().map(str), min_size=1, max_size=12, unique=True))
+def test_item2_any_valid_id_round_trips_through_a_checkpoint(users, items):
+    assert all(len(x) <= MAX_ID_LEN for x in users + items)
+    _roundtrip(users, items)
