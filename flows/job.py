@@ -11,17 +11,13 @@ SIGTERM handler and the metrics endpoint.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bytewax.dataflow import Dataflow
-from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from recsys_stream.ckdir import lock_checkpoint_dir, prepare_checkpoint_dir, recovery_config  # noqa: F401 (entry point)
 from recsys_stream.config import RunConfig, load_config
 from recsys_stream.generate import GeneratorSettings, generate
 from recsys_stream.io.kafka import (
@@ -37,7 +33,6 @@ from recsys_stream.metrics import MetricsAccumulator
 from recsys_stream.models import MODELS
 from recsys_stream.obs import NullMetrics
 from recsys_stream.settings import CheckpointSettings, FlowSettings, shard_settings
-from recsys_stream.storage import FORMAT, CheckpointError
 
 from .recsys import build_flow
 
@@ -50,70 +45,6 @@ class Job:
     config: RunConfig
     settings: FlowSettings
     metrics: MetricsSink | None = None  # prequential metrics (embedded stream, or with evaluate)
-
-
-def prepare_checkpoint_dir(cfg: RunConfig) -> tuple[int, Path]:
-    """Create ``<dir>/recovery`` (Bytewax's partitions) and ``<dir>/checkpoint.json`` on
-    first start; returns (number of shards, recovery directory). The number of shards is
-    fixed when the directory is made: later starts may use other worker counts, and the
-    shards move between workers."""
-    root = Path(cfg.checkpoint_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lockf:
-        fcntl.flock(lockf, fcntl.LOCK_EX)  # processes of one cluster may start together
-        meta_path = root / "checkpoint.json"
-        rec = root / "recovery"
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("format") != FORMAT:
-                raise CheckpointError(f"{meta_path}: checkpoint format {meta.get('format')}; this build reads "
-                                      f"format {FORMAT}")
-            if meta.get("model") != cfg.model:
-                raise CheckpointError(f"{root}: made for model {meta.get('model')!r}, this job runs {cfg.model!r}")
-            return int(meta["n_shards"]), rec
-        n_shards = cfg.n_shards()
-        if cfg.cluster_size() > cfg.recovery_partitions:
-            raise CheckpointError(f"{cfg.cluster_size()} workers need at least as many recovery partitions; "
-                                  f"raise --recovery-partitions (now {cfg.recovery_partitions})")
-        if not rec.exists():
-            rec.mkdir()
-            init_db_dir(rec, cfg.recovery_partitions)
-        meta_path.write_text(json.dumps({"format": FORMAT, "n_shards": n_shards, "model": cfg.model,
-                                         "recovery_partitions": cfg.recovery_partitions, "created": time.time()}))
-        return n_shards, rec
-
-
-def recovery_config(cfg: RunConfig) -> RecoveryConfig | None:
-    """Bytewax's recovery store: the source positions and each shard's handle."""
-    if not cfg.checkpoint_dir:
-        return None
-    return RecoveryConfig(Path(cfg.checkpoint_dir) / "recovery")
-
-
-_HELD_LOCKS: list = []
-
-
-def lock_checkpoint_dir(cfg: RunConfig) -> None:
-    """Hold ``<dir>/.worker-<process id>.lock`` for the life of the process: a second
-    process with the same checkpoint directory and process id would write the same
-    shards' generations concurrently, so it is refused."""
-    if not cfg.checkpoint_dir:
-        return
-    path = Path(cfg.checkpoint_dir) / f".worker-{cfg.process_id or 0}.lock"
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise CheckpointError(f"{cfg.checkpoint_dir} is in use by another worker process (pid {holder}) with "
-                              f"process id {cfg.process_id or 0}; stop it first") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    _HELD_LOCKS.append(f)
 
 
 def build_job(cfg: RunConfig, metrics=None) -> Job:

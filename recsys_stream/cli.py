@@ -104,12 +104,14 @@ def cmd_generate(args) -> int:
 
 def cmd_run(args) -> int:
     import logging
+    import os
     import signal
     from datetime import timedelta
 
     from bytewax.run import cli_main
 
     from . import plugins
+    from .ckdir import preflight
     from .config import RUN
     from .io.control import STOP
     from .io.kafka import KafkaSetupError
@@ -117,6 +119,9 @@ def cmd_run(args) -> int:
     from .report import dumps_line
     from .storage import CheckpointError
 
+    if getattr(args, "log_format", None) == "json" or (args.log_format is None and
+                                                       os.environ.get("RECSYS_LOG_FORMAT") == "json"):
+        setup_logging("json")  # before anything can fail: a configuration error is a JSON line too
     cfg = _config(args, RUN)
     setup_logging(cfg.log_format)
     log = logging.getLogger("recsys_stream.run")
@@ -132,6 +137,7 @@ def cmd_run(args) -> int:
     build_job, recovery_config = plugins.flow("job"), plugins.flow("recovery")
     try:
         job = build_job(cfg, metrics)
+        preflight(cfg)  # a resume that would fail inside a worker fails here, in one line
     except (KafkaSetupError, CheckpointError, ValueError) as exc:
         raise CliError(str(exc)) from None
     log.info("starting", extra={"config": cfg.describe(), "shards": job.settings.n_shards})
@@ -189,6 +195,10 @@ def cmd_replay(args) -> int:
     from .io.kafka_tools import event_messages, produce_messages
     from .io.readers import ReaderError, read_events, write_dead_letters
 
+    if not (args.rate >= 0 and args.rate != float("inf")):
+        raise CliError(f"--rate: must be a finite number >= 0, got {args.rate}")
+    if args.partitions < 0:
+        raise CliError(f"--partitions: must be >= 0 (0: the topic must exist), got {args.partitions}")
     try:
         res = read_events(args.data, fmt=args.format, columns=args.columns, delimiter=args.delimiter,
                           default_type=args.event_type, sort=not args.no_sort)
@@ -206,7 +216,7 @@ def cmd_replay(args) -> int:
         if args.partitions:
             ensure_topics(conf, [args.topic], args.partitions, 1)
         else:
-            topic_partitions(conf, args.topic)
+            topic_partitions(conf, args.topic, missing="pass --partitions N to create it, or check --topic")
         b = res.events
         n = produce_messages(conf, args.topic, event_messages(b, os.path.basename(args.data.rstrip("/"))), len(b),
                              rate=args.rate, progress=_log)
@@ -220,6 +230,10 @@ def cmd_tail(args) -> int:
     from .io.kafka import KafkaSetupError
     from .io.kafka_tools import tail
 
+    if args.max < 0:
+        raise CliError(f"--max: must be >= 0 (0: no limit), got {args.max}")
+    if not args.timeout >= 0:
+        raise CliError(f"--timeout: must be >= 0 (0: wait for ever), got {args.timeout}")
     try:
         tail(_kafka_conf(args), args.topic, from_beginning=args.from_beginning, max_messages=args.max,
              timeout_s=args.timeout)
@@ -240,6 +254,8 @@ def cmd_inspect(args) -> int:
         info = describe(args.checkpoint_dir, user=args.user, with_digest=args.digest)
     except CheckpointError as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"{args.checkpoint_dir}: cannot read the checkpoint ({exc.strerror or exc})") from None
     if args.json:
         print(dumps_line(info))
     else:
@@ -316,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--topic", default="recommendations")
     tl.add_argument("--from-beginning", action="store_true")
     tl.add_argument("--max", type=int, default=0, help="stop after N lists")
-    tl.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds without a list")
+    tl.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds without a list (a missing "
+                    "topic is an error at once; unreachable brokers after 15 s)")
     tl.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE")
     tl.set_defaults(func=cmd_tail)
 
@@ -347,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CliError as exc:
-        print(f"recsys-stream: error: {exc}", file=sys.stderr)
+        from .obs import log_error_line
+
+        log_error_line(f"recsys-stream: error: {' '.join(str(exc).splitlines())}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -120,6 +120,14 @@ class RunConfig:
                               choices=("text", "json"))
 
     def validate(self, command: str = RUN) -> "RunConfig":
+        """Check every setting; the message of a ``ConfigError`` names the flag (and the
+        setting's name in TOML and the environment)."""
+        try:
+            return self._validate(command)
+        except ConfigError as exc:
+            raise ConfigError(name_flag(str(exc))) from None
+
+    def _validate(self, command: str) -> "RunConfig":
         if self.model not in MODELS:
             raise ConfigError(f"model: unknown {self.model!r}; expected one of {', '.join(MODELS)}")
         if self.start not in ("earliest", "latest"):
@@ -224,6 +232,12 @@ class BacktestConfig:
     no_baseline: bool = setting(False, "generated data: skip the popularity comparison", commands=(BACKTEST,))
 
     def validate(self) -> "BacktestConfig":
+        try:
+            return self._validate()
+        except ConfigError as exc:
+            raise ConfigError(name_flag(str(exc))) from None
+
+    def _validate(self) -> "BacktestConfig":
         if self.passes < 1:
             raise ConfigError(f"passes: must be >= 1, got {self.passes}")
         if self.show < 0 or self.window_events < 0:
@@ -236,11 +250,27 @@ class BacktestConfig:
             parent = os.path.dirname(os.path.abspath(self.lists))
             if not os.path.isdir(parent):
                 raise ConfigError(f"lists: the folder {parent} does not exist")
+            if os.path.isdir(self.lists):
+                raise ConfigError(f"lists: {self.lists} is a folder; expected a file name")
+            if os.path.islink(self.lists):
+                raise ConfigError(f"lists: {self.lists} is a symbolic link; refusing to write through it")
         return self
 
 
 def _fields(cls) -> dict:
     return {f.name: f for f in fields(cls)}
+
+
+def name_flag(msg: str) -> str:
+    """``"batch_size: must be >= 1"`` -> ``"--batch-size (batch_size): must be >= 1"``."""
+    name, sep, rest = msg.partition(":")
+    if not sep or " " in name:
+        return msg
+    f = _fields(RunConfig).get(name)
+    if f is not None:
+        return f"{flag_of(f)} ({name}, RECSYS_{name.upper()}):{rest}"
+    f = _fields(BacktestConfig).get(name)
+    return msg if f is None else f"{flag_of(f)}:{rest}"
 
 
 FIELDS = {n: f for n, f in _fields(RunConfig).items() if n not in ("params", "kafka")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import os
 import pickle
 import sqlite3
@@ -37,21 +36,44 @@ def resume_epoch(conns: list) -> int | None:
     return min(max(fronts.get(w, resume), resume) for w in range(workers))
 
 
+def _connect(path: str):
+    """A normal connection, so SQLite can read a write-ahead log a killed worker left; on a
+    read-only directory (a backup, a read-only mount), a read-only one."""
+    if os.access(os.path.dirname(path), os.W_OK) and os.access(path, os.W_OK):
+        try:
+            return sqlite3.connect(path)
+        except sqlite3.Error:
+            pass
+    try:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise CheckpointError(f"{path}: cannot open Bytewax's recovery partition ({exc})") from None
+
+
+def _query(parts, fn):
+    try:
+        return fn()
+    except sqlite3.Error as exc:
+        where = os.path.dirname(parts[0])
+        raise CheckpointError(f"{where}: cannot read Bytewax's recovery partitions ({exc}); on a read-only copy "
+                              "with a write-ahead log left by a killed worker, copy the directory somewhere "
+                              "writable first. A corrupt partition: restore the directory from a backup") from None
+
+
 def committed_handles(checkpoint_dir: str) -> dict[int, dict]:
     """shard -> the handle ({"shard", "gen"}) of the snapshot Bytewax would resume from."""
     parts = sorted(glob.glob(os.path.join(checkpoint_dir, "recovery", "part-*.sqlite3")))
     if not parts:
         raise CheckpointError(f"{checkpoint_dir}: no Bytewax recovery partitions (recovery/part-*.sqlite3)")
-    # a normal connection (not read-only), so SQLite can read a write-ahead log a killed worker left
-    conns = [sqlite3.connect(p) for p in parts]
+    conns = [_connect(p) for p in parts]
     try:
-        resume = resume_epoch(conns)
+        resume = _query(parts, lambda: resume_epoch(conns))
         if resume is None:
             return {}
         best: dict = {}
         for c in conns:
-            for _step, key, epoch, blob in c.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
-                                                     "WHERE step_id LIKE '%.shards' AND snap_epoch < ?", (resume,)):
+            for _step, key, epoch, blob in _query(parts, lambda: list(c.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
+                                                     "WHERE step_id LIKE '%.shards' AND snap_epoch < ?", (resume,)))):
                 if key not in best or epoch > best[key][0]:
                     best[key] = (epoch, blob)
     finally:
@@ -73,10 +95,13 @@ def describe(checkpoint_dir: str, user: str | None = None, with_digest: bool = F
     from .routing import UserRouter
     from .shard import Shard, ShardSettings
 
-    meta_path = os.path.join(checkpoint_dir, "checkpoint.json")
-    if not os.path.exists(meta_path):
-        raise CheckpointError(f"{checkpoint_dir}: not a checkpoint directory (checkpoint.json missing)")
-    meta = json.loads(open(meta_path).read())
+    from pathlib import Path
+
+    from .ckdir import read_meta
+
+    if not os.path.isdir(checkpoint_dir):
+        raise CheckpointError(f"{checkpoint_dir}: no such directory")
+    meta = read_meta(Path(checkpoint_dir))
     store = Store(os.path.join(checkpoint_dir, "state.lmdb"), readonly=True)
     try:
         handles = committed_handles(checkpoint_dir)

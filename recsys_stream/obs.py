@@ -3,14 +3,26 @@
 ``Metrics`` wraps prometheus-client collectors (a no-op ``NullMetrics`` stands in when
 no endpoint is wanted, so the hot path never checks). One endpoint per process
 (``serve``); every worker thread of the process reports into the same collectors.
+
+With ``--log-format json`` everything that reaches stderr is one JSON object per line:
+our logs (``JsonFormatter``), librdkafka's (through Python logging, see ``io.kafka``),
+uncaught exceptions (``sys.excepthook``/``threading.excepthook`` log them, traceback in
+``exc``), and whatever native code writes to file descriptor 2 itself (a Rust panic in
+Bytewax, a warning of a library): ``json_stderr`` puts a small relay process behind fd 2
+that passes JSON lines through and wraps any other text (consecutive lines as one
+object, ``logger`` "stderr"). The relay outlives a crash of the worker: it drains the
+pipe until the last writer is gone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 import threading
+import time
 
 UPDATE_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 LATENCY_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -159,14 +171,126 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, default=str)
 
 
+_JSON = {"on": False}
+
+
+def json_mode() -> bool:
+    """Whether ``setup_logging("json")`` is in force (errors are then JSON objects too)."""
+    return _JSON["on"]
+
+
 def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
+        json_stderr()
         handler.setFormatter(JsonFormatter())
+        _install_excepthooks()
+        _JSON["on"] = True
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("recsys_stream")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # librdkafka's lines: warnings and errors (its debug chatter only with its own "debug" setting)
+    logging.getLogger("recsys_stream.librdkafka").setLevel(logging.WARNING)
+    # other libraries' warnings (py.warnings, numba) through the same handler
+    logging.captureWarnings(True)
+    pyw = logging.getLogger("py.warnings")
+    pyw.handlers[:] = [handler]
+    pyw.propagate = False
+
+
+def log_error_line(msg: str) -> None:
+    """A user error's one line: JSON in json mode, plain text otherwise."""
+    if json_mode():
+        print(json.dumps({"ts": round(time.time(), 3), "level": "error", "logger": "recsys_stream.cli", "msg": msg}),
+              file=sys.stderr, flush=True)
+    else:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _install_excepthooks() -> None:
+    crash = logging.getLogger("recsys_stream.crash")
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            return sys.__excepthook__(exc_type, exc, tb)
+        crash.critical("uncaught %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
+
+    def thread_hook(args):
+        if args.exc_type is SystemExit:
+            return
+        crash.critical("uncaught %s in thread %s: %s", args.exc_type.__name__,
+                       getattr(args.thread, "name", "?"), args.exc_value,
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    sys.excepthook = hook
+    threading.excepthook = thread_hook
+
+
+_RELAY = r"""
+import json, os, select, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+out = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="replace")
+buf, pending = b"", []
+
+def flush_pending():
+    global pending
+    if pending:
+        text = "
+".join(pending)
+        lvl = "error" if ("panicked" in text or "Traceback" in text or "error" in text.lower()) else "warning"
+        out.write(json.dumps({"ts": round(time.time(), 3), "level": lvl, "logger": "stderr", "msg": text}) + "
+")
+        pending = []
+
+while True:
+    r, _, _ = select.select([0], [], [], 0.2)
+    if not r:
+        flush_pending()
+        continue
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"
+")
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").rstrip("
+")
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if ok:
+            flush_pending()
+            out.write(line + "
+")
+        elif line.strip():
+            pending.append(line)
+if buf.strip():
+    pending.append(buf.decode("utf-8", "replace"))
+flush_pending()
+"""
+
+
+def json_stderr() -> None:
+    """Put the relay (see the module docstring) behind file descriptor 2. Idempotent."""
+    if _JSON.get("relay") is not None:
+        return
+    try:
+        sys.stderr.flush()
+        r, w = os.pipe()
+        orig = os.dup(2)
+        proc = subprocess.Popen([sys.executable, "-c", _RELAY], stdin=r, stdout=orig, stderr=orig, close_fds=True,
+                                start_new_session=True)
+        os.close(r)
+        os.close(orig)
+        os.dup2(w, 2)
+        os.close(w)
+    except OSError:
+        return  # no relay: our own lines are JSON still
+    _JSON["relay"] = proc
 

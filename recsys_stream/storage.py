@@ -186,10 +186,18 @@ class Store:
             raise CheckpointError(f"{path}: no LMDB checkpoint here (data.mdb missing)")
         if os.path.exists(data) and os.path.getsize(data) < 2 * 4096:
             raise CheckpointError(f"{data}: truncated ({os.path.getsize(data)} bytes); refusing to open it")
+        lockf = os.path.join(path, "lock.mdb")
+        writable = os.access(path, os.W_OK) and (not os.path.exists(lockf) or os.access(lockf, os.W_OK))
+        if not readonly and os.path.isdir(path) and not (writable and (not os.path.exists(data)
+                                                                       or os.access(data, os.W_OK))):
+            raise CheckpointError(f"{path}: not writable by this user (or a read-only file system); the job writes "
+                                  "its checkpoints there")
         try:
             os.makedirs(path, exist_ok=True)
-            self.env = lmdb.open(path, map_size=map_size, subdir=True, readonly=readonly, lock=True,
-                                 max_readers=64, metasync=True, sync=True)
+            # read-only and not writable (a backup, a read-only mount): no lock file can be taken;
+            # reading without one is safe when no writer is running there
+            self.env = lmdb.open(path, map_size=map_size, subdir=True, readonly=readonly,
+                                 lock=writable or not readonly, max_readers=64, metasync=True, sync=True)
             # A file shorter than the pages its meta page says are in use would fault (SIGBUS)
             # when those pages are read: refuse it here instead.
             need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]

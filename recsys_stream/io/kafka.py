@@ -9,7 +9,17 @@ Lag is the partition's high watermark minus the position, from the consumer itse
 
 Lists are produced keyed by user id with the murmur2 partitioner (as Java clients), so
 a user's lists stay on one partition, in order. Dead letters keep the original key and
-bytes and carry the reason and origin in headers.
+bytes and carry the reason and origin in headers. A dead letter is forwarded whole when
+the dead-letter topic accepts its size (the producer's ``message.max.bytes`` follows the
+topic's ``max.message.bytes``); one it refuses is forwarded truncated, with the headers
+``recsys.error.truncated`` (the original size in bytes) and the reason, and logged: a
+message the input accepted never stops the job, and is never lost from the count.
+
+Every client is made by ``client``: a setting librdkafka does not know (``--kafka
+bogus.key=1``) is a ``KafkaSetupError`` naming it, and librdkafka's own log lines go
+through Python logging (``recsys_stream.librdkafka``), so ``--log-format json`` covers
+them; setup-time clients and the command-line tools are quiet (they report errors
+themselves).
 """
 
 from __future__ import annotations
@@ -32,7 +42,38 @@ log = logging.getLogger("recsys_stream.kafka")
 
 
 class KafkaSetupError(RuntimeError):
-    """Brokers unreachable, a topic missing, or a topic that cannot be created."""
+    """Brokers unreachable, a topic missing, a topic that cannot be created, or a client
+    setting librdkafka refuses."""
+
+
+RDKAFKA_LOG = logging.getLogger("recsys_stream.librdkafka")
+_QUIET = logging.getLogger("recsys_stream.librdkafka.quiet")
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.setLevel(logging.CRITICAL + 1)
+
+
+def kafka_reason(exc: BaseException) -> str:
+    err = exc.args[0] if getattr(exc, "args", None) else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
+
+
+def client(cls, conf: dict, quiet: bool = False):
+    """A librdkafka client (``Producer``, ``Consumer``, ``AdminClient``) with its logs in
+    Python logging; a refused setting is a ``KafkaSetupError`` naming it."""
+    c = dict(conf)
+    c.setdefault("logger", _QUIET if quiet else RDKAFKA_LOG)
+    try:
+        return cls(c)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:
+            raise KafkaSetupError(f"Kafka client setting refused: {err.str()} (settings come from --kafka KEY=VALUE, "
+                                  "the [kafka] table of --config and RECSYS_KAFKA_*; see librdkafka's "
+                                  "CONFIGURATION.md)") from None
+        raise
+    except (TypeError, ValueError) as exc:
+        raise KafkaSetupError(f"Kafka client setting refused: {exc}") from None
 
 
 @dataclass
@@ -51,38 +92,62 @@ class RawBatch:
 
 
 def admin(conf: dict) -> AdminClient:
-    return AdminClient({k: v for k, v in conf.items() if k not in CONSUMER_ONLY})
+    return client(AdminClient, {k: v for k, v in conf.items() if k not in CONSUMER_ONLY}, quiet=True)
 
 
 CONSUMER_ONLY = {"group.id", "auto.offset.reset", "enable.auto.commit", "enable.partition.eof"}
 
 
-def topic_partitions(conf: dict, topic: str, timeout: float = 15.0) -> int:
-    """Number of partitions of ``topic``; a clear error when it is missing."""
+def unreachable(conf: dict, exc: BaseException, timeout: float) -> KafkaSetupError:
+    return KafkaSetupError(f"cannot reach the brokers {conf.get('bootstrap.servers')!r} (--brokers) within "
+                           f"{timeout:g} s: {kafka_reason(exc)}")
+
+
+def topic_partitions(conf: dict, topic: str, timeout: float = 15.0, missing: str | None = None) -> int:
+    """Number of partitions of ``topic``; a clear error when it is missing (``missing``:
+    what to tell the user then)."""
     try:
         md = admin(conf).list_topics(topic=topic, timeout=timeout)
     except KafkaException as exc:
-        raise KafkaSetupError(f"cannot reach the brokers {conf.get('bootstrap.servers')!r}: {exc}") from None
+        raise unreachable(conf, exc, timeout) from None
     t = md.topics.get(topic)
     if t is None or t.error is not None or not t.partitions:
         raise KafkaSetupError(
-            f"input topic {topic!r} does not exist on {conf.get('bootstrap.servers')!r}; "
-            "create it (or check --input-topic): the job never creates its input"
+            f"{'input ' if missing is None else ''}topic {topic!r} does not exist on {conf.get('bootstrap.servers')!r}; "
+            + (missing or "create it (or check --input-topic): the job never creates its input")
         )
     return len(t.partitions)
 
 
-def ensure_topics(conf: dict, topics: list[str], partitions: int, replication: int, timeout: float = 30.0) -> list[str]:
-    """Create the missing ones of ``topics``; returns the names created."""
+def topic_config(conf: dict, topic: str, key: str, timeout: float = 15.0) -> str | None:
+    """One setting of a topic (e.g. ``max.message.bytes``), or None if it cannot be read."""
+    from confluent_kafka.admin import ConfigResource
+
+    try:
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        entries = admin(conf).describe_configs([res], request_timeout=timeout)[res].result(timeout)
+        entry = entries.get(key)
+        return None if entry is None else entry.value
+    except Exception:  # noqa: BLE001: not allowed (ACLs), an old broker, gone: the caller has a fallback
+        return None
+
+
+def ensure_topics(conf: dict, topics: list[str], partitions: int, replication: int, timeout: float = 30.0,
+                  configs: dict[str, dict] | None = None) -> list[str]:
+    """Create the missing ones of ``topics`` (``configs``: topic settings per name, e.g. a
+    dead-letter topic's ``max.message.bytes``); returns the names created."""
     a = admin(conf)
     try:
         existing = set(a.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise KafkaSetupError(f"cannot reach the brokers {conf.get('bootstrap.servers')!r}: {exc}") from None
+        raise unreachable(conf, exc, timeout) from None
     missing = [t for t in dict.fromkeys(topics) if t and t not in existing]
     if not missing:
         return []
-    futures = a.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in missing])
+    configs = configs or {}
+    futures = a.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=replication,
+                                        config={k: str(v) for k, v in configs.get(t, {}).items()})
+                               for t in missing])
     for t, fut in futures.items():
         try:
             fut.result(timeout)
@@ -112,7 +177,7 @@ class _PartitionReader(StatefulSourcePartition):
         c["enable.auto.commit"] = False
         c["enable.auto.offset.store"] = False
         c.setdefault("fetch.wait.max.ms", 5)
-        self.consumer = Consumer(c)
+        self.consumer = client(Consumer, c)
         self.consumer.assign([TopicPartition(topic, partition, offset)])
         self.tp = TopicPartition(topic, partition)
         self.position = offset if offset >= 0 else None
@@ -208,7 +273,7 @@ def producer_config(conf: dict) -> dict:
 
 class _ProducerPartition(StatelessSinkPartition):
     def __init__(self, conf: dict):
-        self.producer = Producer(producer_config(conf))
+        self.producer = client(Producer, producer_config(conf))
         self.errors: list = []
 
     def _report(self, err, msg):
@@ -266,32 +331,104 @@ class KafkaListsSink(DynamicSink):
         return _ListsPartition(self)
 
 
+# what a record needs beside its value, key and headers (batch and record framing), with room
+DL_OVERHEAD = 4096
+DEFAULT_MAX_MESSAGE = 1048588  # the broker's default message.max.bytes
+
+
 class _DeadLetterPartition(_ProducerPartition):
     def __init__(self, sink: "KafkaDeadLetterSink"):
-        super().__init__(sink.conf)
         self.sink = sink
+        self.limit = sink.max_message_bytes()
+        conf = dict(sink.conf)
+        # librdkafka refuses messages over its own message.max.bytes (1,000,000 by default) before
+        # the broker sees them: follow the topic's limit instead
+        want = self.limit + DL_OVERHEAD
+        if int(conf.get("message.max.bytes", 0) or 0) < want:
+            conf["message.max.bytes"] = min(want, 1_000_000_000)
+        _ProducerPartition.__init__(self, conf)
+        self.retry: list = []
+
+    @staticmethod
+    def headers(d, truncated_from: int | None = None) -> list:
+        headers = [("recsys.error.reason", d.reason.encode("utf-8")[:16384]),
+                   ("recsys.error.source", d.source.encode("utf-8"))]
+        if d.partition is not None:
+            headers.append(("recsys.error.partition", str(d.partition).encode()))
+        if d.offset is not None:
+            headers.append(("recsys.error.offset", str(d.offset).encode()))
+        if truncated_from is not None:
+            headers.append(("recsys.error.truncated", str(truncated_from).encode()))
+        return headers
+
+    def _room(self, d) -> int:
+        """Bytes of value that fit in the topic's limit beside the key and headers."""
+        hsize = sum(len(k) + len(v) + 16 for k, v in self.headers(d, 1 << 40))
+        return max(0, self.limit - DL_OVERHEAD - hsize - len(d.key or b""))
+
+    def _produce(self, d, room: int | None = None, attempt: int = 0) -> None:
+        value = d.raw
+        truncated = None
+        if room is None:
+            room = self._room(d)
+        if len(value) > room:
+            truncated = len(value)
+            value = value[:room]
+            log.error("dead letter from %s[%s] offset %s is %d bytes, more than the dead-letter topic %r accepts: "
+                      "forwarded truncated to %d bytes (header recsys.error.truncated); reason: %s", d.source,
+                      d.partition, d.offset, truncated, self.sink.topic, room, d.reason[:200])
+
+        def report(err, _msg, d=d, room=room, attempt=attempt):
+            if err is None:
+                return
+            if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and attempt < 4:
+                self.retry.append((d, room // 4, attempt + 1))  # the broker's limit is lower than it says
+            else:
+                self.errors.append(err)
+
+        while True:
+            try:
+                self.producer.produce(self.sink.topic, value=value, key=d.key,
+                                      headers=self.headers(d, truncated), on_delivery=report)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain
+                self.producer.poll(0.1)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE and attempt < 4:
+                    self._produce(d, room // 4, attempt + 1)
+                    return
+                raise
 
     def write_batch(self, items) -> None:
         for dls in items:
             for d in dls:
-                headers = [("recsys.error.reason", d.reason.encode("utf-8")),
-                           ("recsys.error.source", d.source.encode("utf-8"))]
-                if d.partition is not None:
-                    headers.append(("recsys.error.partition", str(d.partition).encode()))
-                if d.offset is not None:
-                    headers.append(("recsys.error.offset", str(d.offset).encode()))
-                self.producer.produce(self.sink.topic, value=d.raw, key=d.key, headers=headers,
-                                      on_delivery=self._report)
+                self._produce(d)
             self.producer.poll(0)
+        while True:
+            self.producer.flush(30.0)
+            if not self.retry:
+                break
+            again, self.retry = self.retry, []
+            for d, room, attempt in again:
+                self._produce(d, room, attempt)
         self._flush()
 
 
 class KafkaDeadLetterSink(DynamicSink):
-    """Produces ``DeadLetter``s: original key and bytes, reason and origin in headers."""
+    """Produces ``DeadLetter``s: original key and bytes, reason and origin in headers (see
+    the module docstring for messages larger than the topic accepts)."""
 
     def __init__(self, conf: dict, topic: str):
         self.conf = conf
         self.topic = topic
+
+    def max_message_bytes(self) -> int:
+        v = topic_config(self.conf, self.topic, "max.message.bytes")
+        try:
+            return int(v) if v is not None else DEFAULT_MAX_MESSAGE
+        except ValueError:
+            return DEFAULT_MAX_MESSAGE
 
     def build(self, step_id, worker_index, worker_count):
         return _DeadLetterPartition(self)

@@ -11,7 +11,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
 from ..events import TYPE_NAMES, EventBatch
-from .kafka import admin, producer_config
+from .kafka import KafkaSetupError, admin, client, producer_config, unreachable
 
 
 def event_messages(batch: EventBatch, source: str) -> Iterable[tuple[bytes, bytes]]:
@@ -34,7 +34,7 @@ def produce_messages(conf: dict, topic: str, messages: Iterable[tuple[bytes, byt
                      on_send: Callable[[int, float], None] | None = None) -> int:
     """Produce (key, value) pairs at ``rate`` messages/s (0: as fast as possible), keyed
     with the murmur2 partitioner; returns how many were produced (all acknowledged)."""
-    p = Producer(producer_config(conf))
+    p = client(Producer, producer_config(conf), quiet=True)
     errors: list = []
 
     def report(err, _msg):
@@ -66,22 +66,30 @@ def produce_messages(conf: dict, topic: str, messages: Iterable[tuple[bytes, byt
             progress(f"replay: {n:,}/{total:,} events, {n / (now - t0):,.0f} events/s")
     left = p.flush(60.0)
     if left or errors:
-        raise KafkaException(errors[0] if errors else f"{left} message(s) not delivered")
+        why = errors[0].str() if errors else f"{left} message(s) not delivered within 60 s (are the brokers up?)"
+        raise KafkaSetupError(f"producing to topic {topic!r} on {conf.get('bootstrap.servers')!r} failed after "
+                              f"{n:,} message(s): {why}")
     if progress is not None:
         progress(f"replay: {n:,} events in {time.perf_counter() - t0:.2f} s")
     return n
 
 
-def tail_consumer(conf: dict, topic: str, from_beginning: bool) -> Consumer:
-    """A consumer assigned every partition of ``topic`` (no group offsets are committed)."""
+def tail_consumer(conf: dict, topic: str, from_beginning: bool, timeout: float = 15.0) -> Consumer:
+    """A consumer assigned every partition of ``topic`` (no group offsets are committed).
+    A missing topic is refused at once (it is not waited for: the job creates its output
+    topic when it starts, so start the job first); unreachable brokers after ``timeout``."""
+    try:
+        md = admin(conf).list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise unreachable(conf, exc, timeout) from None
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        raise KafkaSetupError(f"topic {topic!r} does not exist on {conf.get('bootstrap.servers')!r} (--topic); the "
+                              "job creates its output topic when it starts: start it first, or check the name")
     c = dict(conf)
     c["group.id"] = f"recsys-stream-tail-{uuid.uuid4().hex[:8]}"
     c["enable.auto.commit"] = False
-    consumer = Consumer(c)
-    md = admin(conf).list_topics(topic=topic, timeout=15.0)
-    t = md.topics.get(topic)
-    if t is None or t.error is not None:
-        raise KafkaException(f"topic {topic!r} does not exist")
+    consumer = client(Consumer, c, quiet=True)
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
     consumer.assign([TopicPartition(topic, p, start) for p in sorted(t.partitions)])
     return consumer
