@@ -199,6 +199,14 @@ def cmd_replay(args) -> int:
         raise CliError(f"--rate: must be a finite number >= 0, got {args.rate}")
     if args.partitions < 0:
         raise CliError(f"--partitions: must be >= 0 (0: the topic must exist), got {args.partitions}")
+    conf = _kafka_conf(args)
+    try:  # the topic first: a mistake there is found before the file is read
+        if args.partitions:
+            ensure_topics(conf, [args.topic], args.partitions, 1)
+        else:
+            topic_partitions(conf, args.topic, missing="pass --partitions N to create it, or check --topic")
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from None
     try:
         res = read_events(args.data, fmt=args.format, columns=args.columns, delimiter=args.delimiter,
                           default_type=args.event_type, sort=not args.no_sort)
@@ -211,12 +219,7 @@ def cmd_replay(args) -> int:
         except OSError as exc:
             raise CliError(f"cannot write the dead letter {dl}: {exc.strerror}") from None
         _log(f"{len(res.errors):,} malformed line(s) written to {dl}")
-    conf = _kafka_conf(args)
     try:
-        if args.partitions:
-            ensure_topics(conf, [args.topic], args.partitions, 1)
-        else:
-            topic_partitions(conf, args.topic, missing="pass --partitions N to create it, or check --topic")
         b = res.events
         n = produce_messages(conf, args.topic, event_messages(b, os.path.basename(args.data.rstrip("/"))), len(b),
                              rate=args.rate, progress=_log)

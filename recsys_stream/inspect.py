@@ -38,16 +38,25 @@ def resume_epoch(conns: list) -> int | None:
 
 def _connect(path: str):
     """A normal connection, so SQLite can read a write-ahead log a killed worker left; on a
-    read-only directory (a backup, a read-only mount), a read-only one."""
-    if os.access(os.path.dirname(path), os.W_OK) and os.access(path, os.W_OK):
+    read-only directory (a backup, a read-only mount), a read-only one, or an immutable one
+    when there is no write-ahead log to read."""
+    wal = path + "-wal"
+    uris = [f"file:{path}?mode=ro"]
+    if not (os.path.exists(wal) and os.path.getsize(wal) > 0):
+        uris.append(f"file:{path}?immutable=1")
+    last = None
+    for target, uri in [(path, False)] + [(u, True) for u in uris]:
+        if not uri and not (os.access(os.path.dirname(path), os.W_OK) and os.access(path, os.W_OK)):
+            continue
         try:
-            return sqlite3.connect(path)
-        except sqlite3.Error:
-            pass
-    try:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise CheckpointError(f"{path}: cannot open Bytewax's recovery partition ({exc})") from None
+            c = sqlite3.connect(target, uri=uri)
+            c.execute("SELECT count(*) FROM exs").fetchone()
+            return c
+        except sqlite3.Error as exc:
+            last = exc
+    raise CheckpointError(f"{path}: cannot read Bytewax's recovery partition ({last}); on a read-only copy with a "
+                          "write-ahead log left by a killed worker, copy the directory somewhere writable first. A "
+                          "corrupt partition: restore the directory from a backup")
 
 
 def _query(parts, fn):

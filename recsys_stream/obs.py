@@ -234,16 +234,15 @@ import json, os, select, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 out = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="replace")
+NL = chr(10)
 buf, pending = b"", []
 
 def flush_pending():
     global pending
     if pending:
-        text = "
-".join(pending)
+        text = NL.join(pending)
         lvl = "error" if ("panicked" in text or "Traceback" in text or "error" in text.lower()) else "warning"
-        out.write(json.dumps({"ts": round(time.time(), 3), "level": lvl, "logger": "stderr", "msg": text}) + "
-")
+        out.write(json.dumps({"ts": round(time.time(), 3), "level": lvl, "logger": "stderr", "msg": text}) + NL)
         pending = []
 
 while True:
@@ -255,19 +254,16 @@ while True:
     if not chunk:
         break
     buf += chunk
-    *lines, buf = buf.split(b"
-")
+    *lines, buf = buf.split(NL.encode())
     for raw in lines:
-        line = raw.decode("utf-8", "replace").rstrip("
-")
+        line = raw.decode("utf-8", "replace").rstrip(chr(13))
         try:
             ok = isinstance(json.loads(line), dict)
         except ValueError:
             ok = False
         if ok:
             flush_pending()
-            out.write(line + "
-")
+            out.write(line + NL)
         elif line.strip():
             pending.append(line)
 if buf.strip():
