@@ -53,10 +53,10 @@ def contexts():
 
 
 @st.composite
-def valid_events(draw) -> dict:
+def valid_events(draw, rating_range=RATING_RANGE) -> dict:
     etype = draw(st.sampled_from(sorted(EVENT_TYPES)))
-    if etype == "rating":
-        value = draw(st.one_of(st.floats(*RATING_RANGE), st.integers(1, 5)))
+    if etype == "rating" and rating_range is not None:
+        value = draw(st.one_of(st.floats(*rating_range), st.integers(1, 5)))
     else:
         value = draw(st.one_of(st.floats(-MAX_ABS_VALUE, MAX_ABS_VALUE), st.integers(-10 ** 6, 10 ** 6),
                                st.sampled_from([1e-300, -0.0, 5e-324, MAX_ABS_VALUE])))
@@ -73,7 +73,7 @@ def valid_events(draw) -> dict:
 TOO_LONG = st.one_of(st.text(CHARS, min_size=MAX_ID_LEN + 1, max_size=MAX_ID_LEN + 40),
                      st.just("中" * (MAX_ID_LEN + 1)), st.just("😀" * 300))
 BROKEN = {
-    "user": st.one_of(st.just(""), TOO_LONG, st.booleans(), st.lists(st.integers(), max_size=2), st.just({}),
+    "user": st.one_of(st.just(""), TOO_LONG, st.booleans(), st.lists(st.integers(-9, 9), max_size=2), st.just({}),
                       st.just(1.5), st.none()),
     "item": st.one_of(st.just(""), TOO_LONG, st.booleans(), st.just([]), st.just(-0.25), st.none()),
     "ts": st.one_of(st.sampled_from([1e300, -1, -1e-9, 1e20, TS_MAX, 1.8e308, -1e300]), st.booleans(), st.none(),
@@ -89,8 +89,8 @@ BROKEN = {
 
 
 @st.composite
-def invalid_events(draw) -> bytes:
-    obj = draw(valid_events())
+def invalid_events(draw, rating_range=RATING_RANGE) -> bytes:
+    obj = draw(valid_events(rating_range))
     how = draw(st.sampled_from(["drop", "null", "break", "rating", "not-object", "nan", "truncate", "junk"]))
     if how == "drop":
         del obj[draw(st.sampled_from(["user", "item", "ts", "type", "value"]))]
@@ -101,10 +101,12 @@ def invalid_events(draw) -> bytes:
         obj[name] = draw(BROKEN[name])
         if name == "value" and isinstance(obj[name], float) and abs(obj[name]) > 1e308:
             obj[name] = 1e39
-    elif how == "rating":
+    elif how == "rating" and rating_range is not None:
         obj["type"] = "rating"
-        obj["value"] = draw(st.one_of(st.floats(-MAX_ABS_VALUE, RATING_RANGE[0], exclude_max=True),
-                                      st.floats(RATING_RANGE[1], MAX_ABS_VALUE, exclude_min=True)))
+        obj["value"] = draw(st.one_of(st.floats(-MAX_ABS_VALUE, rating_range[0], exclude_max=True),
+                                      st.floats(rating_range[1], MAX_ABS_VALUE, exclude_min=True)))
+    elif how == "rating":  # no model range: beyond the global bound
+        obj["value"] = draw(st.sampled_from([-1, 1])) * draw(st.floats(MAX_ABS_VALUE, 1e300, exclude_min=True))
     elif how == "not-object":
         return orjson.dumps(draw(st.one_of(st.lists(SCALARS, max_size=3), SCALARS, st.just([obj]))))
     elif how == "nan":
@@ -121,10 +123,11 @@ def invalid_events(draw) -> bytes:
 KEYS = st.one_of(st.none(), st.binary(max_size=20), st.just(b""), st.text(CHARS, max_size=10).map(str.encode))
 
 
-def messages():
-    """(key, value, ok) with ok True/False/None (see the module docstring)."""
-    valid = st.tuples(KEYS, valid_events().map(orjson.dumps), st.just(True))
-    invalid = st.tuples(KEYS, invalid_events(), st.just(False))
+def messages(rating_range=RATING_RANGE):
+    """(key, value, ok) with ok True/False/None (see the module docstring); ``rating_range``
+    None: ratings are checked against the global bound only (the job as it is wired)."""
+    valid = st.tuples(KEYS, valid_events(rating_range).map(orjson.dumps), st.just(True))
+    invalid = st.tuples(KEYS, invalid_events(rating_range), st.just(False))
     empty = st.tuples(KEYS, st.sampled_from([None, b"", b"null", b"{}", b"[]"]), st.just(False))
     random = st.tuples(KEYS, st.binary(max_size=300), st.none())
     return st.one_of(valid, valid, invalid, invalid, empty, random)
@@ -139,3 +142,10 @@ def udata_lines():
     """Lines in the u.data shape (user TAB item TAB rating TAB time) with hostile fields."""
     field = st.one_of(NUMBERS, ids(40).map(str))
     return st.lists(field, min_size=1, max_size=6).map(lambda fs: "\t".join(fs).encode("utf-8"))
+
+
+def normalized(x) -> str:
+    """An id as the parser normalises it (42 and "42" are one id)."""
+    from recsys_stream.events import normalize_id
+
+    return normalize_id(x)

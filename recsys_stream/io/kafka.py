@@ -125,7 +125,9 @@ def topic_config(conf: dict, topic: str, key: str, timeout: float = 15.0) -> str
 
     try:
         res = ConfigResource(ConfigResource.Type.TOPIC, topic)
-        entries = admin(conf).describe_configs([res], request_timeout=timeout)[res].result(timeout)
+        a = admin(conf)  # held until the answer: a destroyed client cancels it
+        futures = a.describe_configs([res], request_timeout=timeout)
+        entries = next(iter(futures.values())).result(timeout)
         entry = entries.get(key)
         return None if entry is None else entry.value
     except Exception:  # noqa: BLE001: not allowed (ACLs), an old broker, gone: the caller has a fallback
