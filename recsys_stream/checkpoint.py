@@ -58,7 +58,7 @@ class SettingsMismatch(CheckpointError):
 
 
 def layouts(users: UserState, items: ItemState) -> dict:
-    return {"user": codec.layout(users.arrays), "item": codec.layout(items.arrays)}
+    return {"user": codec.layout(users.arrays), "item": codec.layout(items.arrays, items.pools)}
 
 
 class Checkpointer:
@@ -286,12 +286,12 @@ def digest(store: Store, gens: dict[int, int]) -> tuple[str, dict]:
             for _name, size in sizes_i:
                 h.update(payload[off : off + size])
                 off += size
-            for _name, _d, _t in lay["item"]["square"]:
+            for _name, _cap in lay["item"].get("pools", []):
                 (n,) = codec.U32.unpack_from(payload, off)
-                vals = np.frombuffer(payload[off + 4 : off + 4 + 4 * n], dtype=np.float32)
-                off += 4 + 4 * n
-                nz = np.flatnonzero(vals)
-                h.update("|".join(f"{item_ids[int(j)]}={vals[j]!r}" for j in sorted(nz, key=lambda j: item_ids[int(j)]))
-                         .encode())
+                js = np.frombuffer(payload[off + 4 : off + 4 + 4 * n], dtype=np.int32)
+                cs = np.frombuffer(payload[off + 4 + 4 * n : off + 4 + 8 * n], dtype=np.float32)
+                off += 4 + 8 * n
+                pairs = sorted((item_ids[int(j)], float(c)) for j, c in zip(js, cs))
+                h.update("|".join(f"{j}={c!r}" for j, c in pairs).encode())
     return h.hexdigest(), counts
 

@@ -3,8 +3,8 @@
 - a user record (keyed by external id): every stored user row array's row, in name
   order, then the user's history (u32 length, int32 item rows in order);
 - an item record (keyed by external id): its row number (u32), every stored item row
-  array's row, then for each square array (dense co-occurrence) u32 n and its row's
-  first n entries;
+  array's row, then for each neighbour pool (``state.NeighborPool``, in name order) u32 m
+  and the row's m neighbour rows (int32) and counts (float32);
 - a global record per stored global array (keyed by name); arrays over 64 KiB are cut in
   chunks of 4,096 entries, and when the spec names a chunk-dirty array only the chunks
   changed since the last checkpoint are written.
@@ -19,17 +19,19 @@ import struct
 
 import numpy as np
 
-from .state import GLOBAL, ROW, SQUARE, ItemState, StateArrays, UserState
+from .state import GLOBAL, ROW, ItemState, StateArrays, UserState
 
 U32 = struct.Struct(">I")
 CHUNK = 4096
 SMALL_GLOBAL = 64 << 10
 
 
-def layout(arrays: StateArrays) -> dict:
-    out: dict = {"row": [], "square": [], "global": []}
+def layout(arrays: StateArrays, pools: dict | None = None) -> dict:
+    out: dict = {"row": [], "global": []}
     for s in arrays.stored():
         out[s.kind].append([s.name, s.dtype, list(s.tail)])
+    if pools:
+        out["pools"] = [[name, pools[name].cap_max] for name in sorted(pools)]
     return out
 
 
@@ -68,12 +70,11 @@ def decode_user(users: UserState, payload: bytes) -> tuple[list, np.ndarray]:
 
 def encode_item(items: ItemState, row: int) -> bytes:
     a = items.arrays
-    n = items.n
     parts = [U32.pack(row)]
     parts += [a[s.name][row].tobytes() for s in a.stored(ROW)]
-    for s in a.stored(SQUARE):
-        parts.append(U32.pack(n))
-        parts.append(a[s.name][row, :n].tobytes())
+    for name in sorted(items.pools):
+        js, cs = items.pools[name].row(a, row)
+        parts += [U32.pack(len(js)), js.tobytes(), cs.tobytes()]
     return b"".join(parts)
 
 
@@ -90,12 +91,13 @@ def decode_item_into(items: ItemState, payload: bytes) -> None:
         size = row_size(s)
         a[s.name][row] = np.frombuffer(payload[off : off + size], dtype=s.dtype).reshape(s.tail)
         off += size
-    for s in a.stored(SQUARE):
+    for name in sorted(items.pools):
         (m,) = U32.unpack_from(payload, off)
         off += 4
-        arr = a[s.name]
-        arr[row, :m] = np.frombuffer(payload[off : off + arr.itemsize * m], dtype=arr.dtype)
-        off += arr.itemsize * m
+        js = np.frombuffer(payload[off : off + 4 * m], dtype=np.int32)
+        cs = np.frombuffer(payload[off + 4 * m : off + 8 * m], dtype=np.float32)
+        off += 8 * m
+        items.pools[name].set_row(a, len(items), row, js, cs)
 
 
 # -- globals ------------------------------------------------------------------------------

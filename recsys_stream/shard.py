@@ -34,6 +34,8 @@ from .state import ItemState, UserState
 LIST_POLICIES = ("none", "last", "all")
 # what a kernel call hands back (see ``kernels.layout.Out``), as the numpy arrays Python reads
 Outputs = namedtuple("Outputs", ["pred", "pos", "topk", "lst", "lst_sc"])
+# a kernel call's events (see ``kernels.layout.Batch``), as numpy arrays
+Events = namedtuple("Events", ["U", "I", "V", "Y", "T", "E", "F", "ctx_ptr", "ctx_hash"])
 
 
 def outputs(n: int, k: int) -> Outputs:
@@ -151,7 +153,7 @@ class Shard:
         s = self.settings
         self.users = UserState(self.model.user_specs(), s.recent, user_stream_seed(s.seed, self.index))
         if self.own_items:
-            self.items = ItemState(self.model.item_specs(), s.half_life_days, s.seed)
+            self.items = ItemState(self.model.item_specs(), s.half_life_days, s.seed, self.model.item_pools())
         else:
             self.items = self._items
         self.filter = EventFilter(s.dedupe_window_s, s.min_user_events)
@@ -191,7 +193,7 @@ class Shard:
         out = outputs(n, k)
         uev_before = self.users.arrays["uev"][U]
         t0 = time.perf_counter()
-        status = self._run(Batch(U, I, b.value, labels, b.ts, b.etype, F, b.ctx_ptr, b.ctx_hash), out)
+        status = self._run(Events(U, I, b.value, labels, b.ts, b.etype, F, b.ctx_ptr, b.ctx_hash), out)
         busy = time.perf_counter() - t0
         if status >= 0:
             raise ModelDivergedError(s.model, b.user[status], b.item[status], int(b.seq[status]), self.model.hint())
@@ -214,11 +216,26 @@ class Shard:
                            new_items=new_items, new_recs=new_recs, users=self.users.total, items=len(self.items),
                            lists=lists, busy_s=busy)
 
-    def _run(self, batch: Batch, out: Outputs) -> int:
+    def _run(self, batch: "Events", out: Outputs) -> int:
+        """Run the kernel over the batch; -1, or the index of the event after which the
+        model diverged. A kernel that runs out of pool room stops before an event; the pool
+        grows and the batch resumes there."""
         k = self.settings.k
-        m = self.model.kernel_state(self.users, self.items, k)
-        sc = scratch.scratch(self.items.arrays.cap, k)
-        return int(prequential(m, self.users.kernel(), self.items.kernel(), sc, batch, k, Out(*out)))
+        start = 0
+        n = len(batch.U)
+        while True:
+            self.model.reserve(self.users, self.items, n - start)
+            m = self.model.kernel_state(self.users, self.items, k)
+            sc = scratch.scratch(self.items.arrays.cap, k)
+            part = batch if start == 0 else Events(*(a[start:] for a in batch[:7]), batch.ctx_ptr[start:], batch.ctx_hash)
+            view = out if start == 0 else Outputs(*(a[start:] for a in out))
+            status = int(prequential(m, self.users.kernel(), self.items.kernel(), sc, Batch(*part), k, Out(*view)))
+            if status == -1:
+                return -1
+            if status >= 0:
+                return start + status
+            start += -status - 2
+            self.model.grow(self.users, self.items)
 
     def admit(self, b: EventBatch) -> tuple[EventBatch, int]:
         """Before ``process``: bring back stored users of the batch that are not in memory,
@@ -246,9 +263,9 @@ class Shard:
             return {"user": user, "items": [], "scores": [], "version": uev, "known": row >= 0}
         one = np.zeros(1)
         t = self.users.arrays["last_ts"][[row]] if row >= 0 else one
-        batch = Batch(np.array([row], np.int64), np.zeros(1, np.int64), one.astype(np.float32), one, t,
-                      np.zeros(1, np.int8), np.array([WANT_LIST | PEEK], np.int32), np.zeros(2, np.int64),
-                      np.zeros(0, np.uint64))
+        batch = Events(np.array([row], np.int64), np.zeros(1, np.int64), one.astype(np.float32), one, t,
+                       np.zeros(1, np.int8), np.array([WANT_LIST | PEEK], np.int32), np.zeros(2, np.int64),
+                       np.zeros(0, np.uint64))
         out = outputs(1, k)
         if row < 0:
             # nobody knows this user: the popularity list, nothing excluded (u = -1 reads no user row)

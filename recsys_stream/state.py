@@ -1,8 +1,7 @@
 """Keyed state: id maps, named growable arrays, and the user and item sides of a model.
 
 Every array a model or a shard keeps is declared with an ``ArraySpec`` saying whether its
-rows are the side's rows (``ROW``), rows x rows (``SQUARE``: dense item-to-item counts) or
-one fixed shape (``GLOBAL``), and whether a checkpoint stores it or it is derived,
+rows are the side's rows (``ROW``) or it has one fixed shape (``GLOBAL``), and whether a checkpoint stores it or it is derived,
 scratch or bookkeeping (``stored=False``: rebuilt or recomputed, never written). A
 ``StateArrays`` grows its arrays together (capacity doubling, new rows fill-initialised);
 the same declarations drive checkpoints and digests.
@@ -27,16 +26,17 @@ from .events import stable_hash64
 from .kernels.common import mix64
 from .kernels.history import history_compact, history_move, history_relocations
 from .kernels.layout import ItemK, UserK
+from .kernels.neighbors import FIRST_CAP, nb_compact
 from .kernels.pairset import pairset_add_many, pairset_grow, pairset_new, pairset_rebuild_without
-from .kernels.popularity import _resort
+from .kernels.popularity import pop_resort
 
-ROW, SQUARE, GLOBAL = "row", "square", "global"
+ROW, GLOBAL = "row", "global"
 
 
 @dataclass(frozen=True)
 class ArraySpec:
     name: str
-    kind: str = ROW  # ROW, SQUARE (rows and columns are rows of the side) or GLOBAL
+    kind: str = ROW  # ROW or GLOBAL
     tail: tuple = ()  # trailing shape (ROW) or the whole shape (GLOBAL)
     dtype: str = "float32"
     fill: float = 0
@@ -63,8 +63,6 @@ class StateArrays:
     def _shape(self, s: ArraySpec) -> tuple:
         if s.kind == ROW:
             return (self.cap, *s.tail)
-        if s.kind == SQUARE:
-            return (self.cap, self.cap)
         return tuple(s.tail)
 
     def _alloc(self, s: ArraySpec) -> np.ndarray:
@@ -90,12 +88,8 @@ class StateArrays:
         for s in self.specs.values():
             if s.kind == GLOBAL:
                 continue
-            arr = self.arrays[s.name]
             new = self._alloc(s)
-            if s.kind == SQUARE:
-                new[:old, :old] = arr
-            else:
-                new[:old] = arr
+            new[:old] = self.arrays[s.name]
             self.arrays[s.name] = new
 
     def clear_rows(self, rows: np.ndarray) -> None:
@@ -209,6 +203,98 @@ class History:
         return self.pool[o : o + n].copy()
 
 
+class NeighborPool:
+    """Per-item neighbour counts: a dense rows x rows matrix while the catalog is small
+    (exact, and the fastest to scan), bounded neighbour lists in a pool beyond
+    ``dense_limit`` rows (``kernels.neighbors``; each row's offset, length and capacity are
+    the item side's arrays ``<name>.off/nn/cap``). The switch happens once, when the item
+    capacity outgrows the limit: each dense row keeps its ``cap_max`` heaviest entries."""
+
+    def __init__(self, name: str, cap_max: int, dense_limit: int = 0, capacity: int = 1 << 14):
+        self.name = name
+        self.cap_max = cap_max
+        self.dense_limit = dense_limit
+        self.dense: np.ndarray = np.zeros((1, 1), dtype=np.float32)  # (1, 1): not dense
+        self.pj = np.zeros(capacity, dtype=np.int32)
+        self.pc = np.zeros(capacity, dtype=np.float32)
+        self.used = np.zeros(1, dtype=np.int64)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.dense.shape[0] > 1
+
+    def fit(self, arrays: StateArrays, n_rows: int) -> None:
+        """Follow the item capacity: grow the dense matrix, or leave it for lists."""
+        cap = arrays.cap
+        if cap <= self.dense_limit:
+            if self.dense.shape[0] < cap:
+                old = self.dense
+                self.dense = np.zeros((cap, cap), dtype=np.float32)
+                if old.shape[0] > 1:
+                    self.dense[: old.shape[0], : old.shape[1]] = old
+            return
+        if self.is_dense:
+            old, self.dense = self.dense, np.zeros((1, 1), dtype=np.float32)
+            for i in range(min(n_rows, old.shape[0])):
+                js = np.flatnonzero(old[i])
+                if len(js) > self.cap_max:  # the heaviest, ties to the lower row
+                    js = np.sort(js[np.argsort(-old[i, js], kind="stable")[: self.cap_max]])
+                self.set_row(arrays, n_rows, i, js.astype(np.int32), old[i, js])
+
+    @staticmethod
+    def specs(name: str) -> list[ArraySpec]:
+        return [ArraySpec(f"{name}.off", ROW, (), "int64", stored=False),
+                ArraySpec(f"{name}.nn", ROW, (), "int32", stored=False),
+                ArraySpec(f"{name}.cap", ROW, (), "int32", stored=False)]
+
+    def reserve(self, arrays: StateArrays, n_rows: int, free: int) -> None:
+        """At least ``free`` unused entries at the end of the pool: compact first when
+        most of the pool is garbage (rows that moved when they grew), else grow."""
+        used = int(self.used[0])
+        if used + free <= len(self.pj):
+            return
+        cap = arrays[f"{self.name}.cap"]
+        live = int(cap[:n_rows].sum())
+        size = max(len(self.pj), 1024)
+        while size < live + free or (size < 2 * live and live + free > size // 2):
+            size *= 2
+        new_j = np.zeros(size, dtype=np.int32)
+        new_c = np.zeros(size, dtype=np.float32)
+        self.used[0] = nb_compact(n_rows, arrays[f"{self.name}.off"], arrays[f"{self.name}.nn"], cap, self.pj, self.pc,
+                                  new_j, new_c)
+        self.pj, self.pc = new_j, new_c
+
+    def row(self, arrays: StateArrays, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.is_dense:
+            js = np.flatnonzero(self.dense[i]).astype(np.int32)
+            return js, self.dense[i, js]
+        o, n = int(arrays[f"{self.name}.off"][i]), int(arrays[f"{self.name}.nn"][i])
+        return self.pj[o : o + n].copy(), self.pc[o : o + n].copy()
+
+    def set_row(self, arrays: StateArrays, n_rows: int, i: int, js: np.ndarray, cs: np.ndarray) -> None:
+        """Make row i exactly ``(js, cs)`` (a restore)."""
+        if self.is_dense:
+            self.dense[i, :] = 0
+            self.dense[i, js] = cs
+            return
+        m = len(js)
+        off, n, cap = arrays[f"{self.name}.off"], arrays[f"{self.name}.nn"], arrays[f"{self.name}.cap"]
+        if m > cap[i]:
+            c = FIRST_CAP
+            while c < m:
+                c *= 2
+            c = min(max(c, m), max(self.cap_max, m))
+            self.reserve(arrays, n_rows, c)
+            o = int(self.used[0])
+            off[i] = o
+            cap[i] = c
+            self.used[0] = o + c
+        o = int(off[i])
+        self.pj[o : o + m] = js
+        self.pc[o : o + m] = cs
+        n[i] = m
+
+
 def user_core_specs(recent: int) -> list[ArraySpec]:
     return [
         ArraySpec("uev", ROW, (), "int64"),
@@ -226,8 +312,9 @@ def user_core_specs(recent: int) -> list[ArraySpec]:
 def item_core_specs() -> list[ArraySpec]:
     return [
         ArraySpec("active", ROW, (), "uint8", fill=1),
-        ArraySpec("pop", ROW, (), "float64"),
-        ArraySpec("pop_meta", GLOBAL, (4,), "float64"),
+        ArraySpec("pop", ROW, (), "float64", fill=-np.inf),  # log of the decayed mass (kernels.popularity)
+        ArraySpec("plin", ROW, (), "float64", stored=False),  # its linear copy (kernels.popularity)
+        ArraySpec("pop_meta", GLOBAL, (2,), "float64"),  # [rate (from the half-life), plin's reference]
         ArraySpec("iev", ROW, (), "int64"),
         # derived: the catalog extent, the popularity order, the id hashes, the seed
         ArraySpec("n", GLOBAL, (1,), "int64", stored=False),
@@ -317,10 +404,17 @@ def _rate(half_life_days: float) -> float:
 class ItemState:
     """The item side (see the module docstring)."""
 
-    def __init__(self, specs: list[ArraySpec], half_life_days: float, seed: int):
+    def __init__(self, specs: list[ArraySpec], half_life_days: float, seed: int, pools: dict | None = None):
         self.ids = IdMap()
+        self.pools: dict[str, NeighborPool] = {}
+        for name, (cap_max, dense_limit) in (pools or {}).items():
+            self.pools[name] = NeighborPool(name, cap_max, dense_limit)
+            specs = list(specs) + NeighborPool.specs(name)
         self.arrays = StateArrays(item_core_specs() + list(specs))
-        self.arrays["pop_meta"][1] = _rate(half_life_days)
+        for pool in self.pools.values():
+            pool.fit(self.arrays, 0)
+        self.arrays["pop_meta"][0] = _rate(half_life_days)
+        self.arrays["pop_meta"][1] = -np.inf
         self.arrays["seed"][0] = np.uint64(mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)))
 
     def __len__(self) -> int:
@@ -346,6 +440,8 @@ class ItemState:
 
     def _new_rows(self, first: int) -> None:
         self.arrays.ensure(len(self.ids))
+        for pool in self.pools.values():
+            pool.fit(self.arrays, len(self.ids))
         key = self.arrays["key"]
         ids = self.ids.ids
         for r in range(first, len(ids)):
@@ -363,9 +459,10 @@ class ItemState:
     def resort(self) -> None:
         """Rebuild the popularity order (after a restore)."""
         a = self.arrays
-        _resort(a["pop"], self.n, a["pop.order"], a["pop.rank"])
+        pop_resort(a["pop"], a["plin"], a["pop_meta"], self.n, a["pop.order"], a["pop.rank"])
 
     def kernel(self) -> ItemK:
         a = self.arrays
-        return ItemK(a["n"], a["active"], a["pop"], a["pop_meta"], a["pop.order"], a["pop.rank"], a["iev"], a["dirty"],
+        return ItemK(a["n"], a["active"], a["pop"], a["plin"], a["pop_meta"], a["pop.order"], a["pop.rank"], a["iev"],
+                     a["dirty"],
                      a["key"], a["seed"])

@@ -57,8 +57,7 @@ class Core:
 
     def __init__(self, half_life_days: float, recent: int, seed: int, index: int = 0):
         self.rate = 0.0 if math.isinf(half_life_days) else math.log(2.0) / (half_life_days * 86400.0)
-        self.landmark = None
-        self.pop: dict[int, float] = {}
+        self.lp: dict[int, float] = {}  # log of sum over the item's events of exp(rate * t)
         self.seen: set[tuple[int, int]] = set()
         self.R = recent
         self.recent: dict[int, list[int]] = {}
@@ -73,9 +72,9 @@ class Core:
         self.n_users = max(self.n_users, u + 1)
         self.n_items = max(self.n_items, i + 1)
         self.seen.add((u, i))
-        if self.landmark is None:
-            self.landmark = t
-        self.pop[i] = self.pop.get(i, 0.0) + math.exp(self.rate * (t - self.landmark))
+        x = self.rate * t
+        a = self.lp.get(i)
+        self.lp[i] = x if a is None else max(a, x) + math.log1p(math.exp(-abs(a - x)))
         self.recent.setdefault(u, []).append(i)
         self.uev[u] = self.uev.get(u, 0) + 1
         self.iev[i] = self.iev.get(i, 0) + 1
@@ -86,11 +85,13 @@ class Core:
             return -1
         return hist[len(hist) - 1 - back]
 
-    def pop_scores(self) -> list[float]:
-        return [self.pop.get(j, 0.0) for j in range(self.n_items)]
+    def log_pop(self) -> list[float]:
+        return [self.lp.get(j, -math.inf) for j in range(self.n_items)]
 
-    def pop_max(self) -> float:
-        return max(self.pop.values()) if self.pop else 0.0
+    def pop_scores(self) -> list[float]:
+        """Popularity relative to the most popular item (the order is what ranking uses)."""
+        top = max(self.lp.values()) if self.lp else 0.0
+        return [math.exp(self.lp[j] - top) if j in self.lp else 0.0 for j in range(self.n_items)]
 
 
 def topk(scores, n_cat: int, u: int, seen: set, k: int, retired=frozenset()) -> list[int]:
@@ -272,8 +273,7 @@ def run_itemknn(events, p, k, core: Core):
                     for j in range(n_cat):
                         acc[j] += wr * float(C[r, j])
                 w *= p.alpha
-        pmax = core.pop_max()
-        f = p.pop_weight / pmax if pmax > 0 else 0.0
+        f = p.pop_weight
         pop = core.pop_scores()
         scores = [acc[j] * (n[j] ** (p.beta - 1.0) if n[j] > 0 else 0.0) + f * pop[j] for j in range(n_cat)]
         lst = topk(scores, n_cat, u, core.seen, k)

@@ -9,8 +9,8 @@ from numba import njit
 
 from .history import history_append, mark_history
 from .pairset import pairset_add
-from .popularity import pop_learn, pop_topk
-from .topk import topk_masked
+from .popularity import pop_learn, pop_relative, pop_topk
+from .topk import _worse, topk_masked
 
 
 @njit(cache=True, inline="always")
@@ -26,14 +26,12 @@ def extend_catalog(it, i):
 
 
 @njit(cache=True, inline="always")
-def observe(us, it, u, i, t, weight):
+def observe(us, it, u, i, t):
     """Record interaction (u, i) at time t: seen set, history, counts, popularity, recency."""
     extend_catalog(it, i)
     if pairset_add(us.seen, us.seen_count, u, i):
         history_append(us.hoff, us.hlen, us.hpool, u, i)
-    if pop_learn(it.pop, it.n[0], it.pop_meta, i, t, weight, it.porder, it.prank):
-        for j in range(it.n[0]):  # a rescale changed every item's score
-            it.dirty[j] = 1
+    pop_learn(it.pop, it.plin, it.pop_meta, it.n[0], i, t, it.porder, it.prank)
     us.dirty[u] = 1
     it.dirty[i] = 1
     R = us.recent.shape[1]
@@ -67,7 +65,7 @@ def user_pop_topk(u, us, it, sc, k, out_idx, out_sc):
     """The popularity list of user row u (their items excluded; u < 0: nothing excluded):
     the list of a user the model does not know yet."""
     mark_history(us.hoff, us.hlen, us.hpool, u, sc.excl, 1)
-    c = pop_topk(it.pop, it.porder, it.n[0], sc.excl, it.active, k, out_idx, out_sc)
+    c = pop_topk(it.plin, it.porder, it.n[0], sc.excl, it.active, k, out_idx, out_sc)
     mark_history(us.hoff, us.hlen, us.hpool, u, sc.excl, 0)
     return c
 
@@ -77,3 +75,68 @@ def pad(out_idx, out_sc, c, k):
     for r in range(c, k):
         out_idx[r] = -1
         out_sc[r] = -np.inf
+
+
+@njit(cache=True, inline="always")
+def _insert(out_idx, out_sc, cnt, k, j, s):
+    """Insert (s, j) into the sorted run ``out[:cnt]`` (score desc, row asc); returns the new count."""
+    if cnt == k and not _worse(out_sc[k - 1], out_idx[k - 1], s, j):
+        return cnt
+    pos = cnt if cnt < k else k - 1
+    while pos > 0 and _worse(out_sc[pos - 1], out_idx[pos - 1], s, j):
+        out_sc[pos] = out_sc[pos - 1]
+        out_idx[pos] = out_idx[pos - 1]
+        pos -= 1
+    out_sc[pos] = s
+    out_idx[pos] = j
+    return cnt + 1 if cnt < k else cnt
+
+
+@njit(cache=True)
+def topk_with_popular(cand, vals, c, acc, f, top, us, it, sc, u, k, out_idx, out_sc, marked=False):
+    """The top-k over the whole catalog when only candidates have scores of their own.
+
+    ``cand[:c]`` are the candidate rows (``acc[j] != 0`` marks them) with scores
+    ``vals[:c]``; every other active item j scores ``f * pop(j) / pop(top)`` (``top``: the
+    most popular item's row), the
+    popularity term alone. The candidates' top-k is merged with the popularity order, which
+    is the order of those scores (ties to the lower row, as everywhere), so the result is
+    what ranking every item would give, at the cost of the candidates plus the user's
+    history. The user's items and retired ones are excluded (``marked``: the caller has
+    marked the user's items in ``sc.excl`` already).
+    """
+    excl, active = sc.excl, it.active
+    if not marked:
+        mark_history(us.hoff, us.hlen, us.hpool, u, excl, 1)
+    cnt = 0
+    for t in range(c):
+        j = cand[t]
+        s = vals[t]
+        if active[j] == 0 or excl[j] != 0 or not (s == s):
+            continue
+        cnt = _insert(out_idx, out_sc, cnt, k, j, s)
+    n_cat = it.n[0]
+    plin = it.plin
+    if f > 0.0:
+        order = it.porder
+        for r in range(n_cat):
+            j = order[r]
+            if active[j] == 0 or excl[j] != 0 or acc[j] != 0.0:
+                continue
+            s = f * pop_relative(plin, j, top)
+            if cnt == k and s < out_sc[k - 1]:
+                break  # the order only goes down from here
+            cnt = _insert(out_idx, out_sc, cnt, k, j, s)
+    else:  # every other item scores 0: they come in row order
+        for j in range(n_cat):
+            if cnt == k and out_sc[k - 1] > 0.0:
+                break
+            if active[j] == 0 or excl[j] != 0 or acc[j] != 0.0:
+                continue
+            cnt = _insert(out_idx, out_sc, cnt, k, j, 0.0)
+    if not marked:
+        mark_history(us.hoff, us.hlen, us.hpool, u, excl, 0)
+    for r in range(cnt, k):
+        out_idx[r] = -1
+        out_sc[r] = -np.inf
+    return cnt

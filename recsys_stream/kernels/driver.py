@@ -22,9 +22,11 @@ arrays and hyper-parameters)::
 
 Each step is an ``@njit`` function with the signature of its stub below; a step a model
 does not register is a no-op (``predict`` then gives NaN, the learn steps succeed,
-``rank``/``recommend`` return 0 items). A learn step returns False when a parameter became
-NaN or Inf: the loop stops and returns the event's index (the caller raises
-``ModelDivergedError``); it returns -1 when the batch completed.
+``rank``/``recommend`` return 0 items). A learn step returns ``OK``, ``DIVERGED`` (a
+parameter became NaN or Inf: the loop stops and returns the event's index, the caller
+raises ``ModelDivergedError``) or ``NEED_ROOM`` (a pool is too small for this event and
+nothing was changed yet: the loop returns ``-(index + 2)``, the caller grows the pool and
+resumes the batch at that event); the loop returns -1 when the batch completed.
 
 Dispatch is by the type of the model structure at compile time (``numba.extending.overload``),
 so ``prequential`` is compiled once per model and cached on disk, with direct calls to the
@@ -38,7 +40,7 @@ from numba import njit
 from numba.extending import overload
 
 from .core import observe
-from .layout import EVALUATE, LEARN, PEEK, RANK, WANT_LIST
+from .layout import DIVERGED, EVALUATE, LEARN, OK, PEEK, RANK, WANT_LIST
 from .topk import position_in
 
 _STEPS: dict = {}
@@ -95,8 +97,8 @@ def _noop(m, us, it, sc, b, e):
     return None
 
 
-def _noop_true(m, us, it, sc, b, e):
-    return True
+def _noop_ok(m, us, it, sc, b, e):
+    return OK
 
 
 def _noop_nan(m, us, it, sc, b, e):
@@ -128,12 +130,12 @@ def _ov_predict(m, us, it, sc, b, e):
 
 @overload(step_learn_pre)
 def _ov_learn_pre(m, us, it, sc, b, e):
-    return _impl(m, "learn_pre") or _noop_true
+    return _impl(m, "learn_pre") or _noop_ok
 
 
 @overload(step_learn_post)
 def _ov_learn_post(m, us, it, sc, b, e):
-    return _impl(m, "learn_post") or _noop_true
+    return _impl(m, "learn_post") or _noop_ok
 
 
 @overload(step_recommend)
@@ -156,13 +158,15 @@ def prequential(m, us, it, sc, b, k, out):
         if f & EVALUATE:
             out.pred[e] = step_predict(m, us, it, sc, b, e)
         if f & LEARN:
-            if not step_learn_pre(m, us, it, sc, b, e):
-                return e
+            st = step_learn_pre(m, us, it, sc, b, e)
+            if st != OK:
+                return e if st == DIVERGED else -(e + 2)
         if not (f & PEEK):
-            observe(us, it, u, i, b.T[e], 1.0)
+            observe(us, it, u, i, b.T[e])
         if f & LEARN:
-            if not step_learn_post(m, us, it, sc, b, e):
-                return e
+            st = step_learn_post(m, us, it, sc, b, e)
+            if st != OK:
+                return e if st == DIVERGED else -(e + 2)
         if f & WANT_LIST:
             step_recommend(m, us, it, sc, u, b.T[e], k, out.lst[e], sc_k)
             for r in range(k):

@@ -44,7 +44,7 @@ from numba import njit
 from .common import hash_combine, sigmoid
 from .core import user_topk
 from .driver import register_steps
-from .layout import bind_constructor, define
+from .layout import DIVERGED, OK, bind_constructor, define
 
 FTRLHP = namedtuple("FTRLHP", ["alpha", "beta", "l1", "l2", "crosses", "normalize", "stats", "stats_prior"])
 N_STATS = 4
@@ -225,8 +225,8 @@ def ftrl_learn(m, us, it, sc, b, e):
     for t in range(mm):
         c = m.idx[t]
         if not (math.isfinite(m.z[c]) and math.isfinite(m.n[c])):
-            return False
-    return True
+            return DIVERGED
+    return OK
 
 
 @njit(cache=True, inline="always")

@@ -37,26 +37,33 @@ from numba import njit
 from .common import rng_below, sigmoid
 from .driver import register_steps
 from .ftrl import ftrl_predict, ftrl_update, ftrl_weight
-from .history import mark_history
+from .core import user_pop_topk, user_topk
 from .implicit import implicit_learn
-from .layout import LEARN, RANK, bind_constructor, define
-from .itemknn import itemknn_learn, itemknn_scores
-from .popularity import pop_topk
-from .topk import score_factors, topk_candidates, topk_masked
+from .itemknn import (candidate_score, dense_scores, is_dense, itemknn_gather, itemknn_learn, itemknn_release,
+                      itemknn_select, pop_top)
+from .layout import DIVERGED, LEARN, NEED_ROOM, OK, RANK, bind_constructor, define
+from .neighbors import room_for
+from .popularity import pop_relative
+from .topk import score_factors, topk_candidates
 
 N_FEAT = 7  # per activity bucket
 N_BUCKETS = 5
 HybridHP = namedtuple("HybridHP", ["candidates", "factor_candidates", "pop_candidates", "rerank_negatives"])
 # rr_z/rr_n: the re-ranker's FTRL accumulators; rr_hp its hyper-parameters (an FTRLHP).
-# Scratch: s_knn item-to-item scores; rank_* each candidate's rank in its source (-1: not
-# proposed by it; all -1 between events); cand/probs the union and its logits; tmp
-# [candidate count, best item-to-item score, best popularity, activity bucket] (prep).
-HybridK, HybridKType = define("HybridK", ['imp', 'knn', 'rr_z', 'rr_n', 'rr_hp', 'hp', 's_knn', 'rank_mf', 'rank_knn', 'rank_pop', 'cand', 'probs', 'top_idx', 'top_sc', 'idx', 'val', 'w', 'zdirty', 'tmp'], __name__)
+# Scratch: rank_* each candidate's rank in its source (-1: not proposed by it; all -1
+# between events); cand/probs the union and its logits; tmp [candidate count, best
+# item-to-item score, the row of the most popular candidate, activity bucket, the row of
+# the most popular item, item-to-item candidates gathered] (prep).
+HybridK, HybridKType = define("HybridK", ["imp", "knn", "rr_z", "rr_n", "rr_hp", "hp", "rank_mf", "rank_knn",
+                                          "rank_pop", "cand", "probs", "top_idx", "top_sc", "idx", "val", "w",
+                                          "zdirty", "tmp"], __name__)
 
 
 @njit(cache=True)
-def _new_hybridk(imp, knn, rr_z, rr_n, rr_hp, hp, s_knn, rank_mf, rank_knn, rank_pop, cand, probs, top_idx, top_sc, idx, val, w, zdirty, tmp):
-    return HybridK(imp, knn, rr_z, rr_n, rr_hp, hp, s_knn, rank_mf, rank_knn, rank_pop, cand, probs, top_idx, top_sc, idx, val, w, zdirty, tmp)
+def _new_hybridk(imp, knn, rr_z, rr_n, rr_hp, hp, rank_mf, rank_knn, rank_pop, cand, probs, top_idx, top_sc, idx, val,
+                 w, zdirty, tmp):
+    return HybridK(imp, knn, rr_z, rr_n, rr_hp, hp, rank_mf, rank_knn, rank_pop, cand, probs, top_idx, top_sc, idx, val,
+                   w, zdirty, tmp)
 
 
 bind_constructor(HybridK, _new_hybridk)
@@ -82,8 +89,9 @@ def _features(m, it, j, s_mf, knn_max, pop_max, bucket):
         idx[t] = base + t
     val[0] = 1.0
     val[1] = s_mf[j]
-    val[2] = m.s_knn[j] / knn_max if knn_max > 0.0 else 0.0
-    val[3] = it.pop[j] / pop_max if pop_max > 0.0 else 0.0
+    s_knn = m.knn.dsc[j] if is_dense(m.knn) else candidate_score(m.knn, it, j, int(m.tmp[4]))
+    val[2] = s_knn / knn_max if knn_max > 0.0 else 0.0
+    val[3] = pop_relative(it.plin, j, int(pop_max))  # pop_max: the row of the user's most popular candidate
     val[4] = 1.0 / (1.0 + m.rank_mf[j]) if m.rank_mf[j] >= 0 else 0.0
     val[5] = 1.0 / (1.0 + m.rank_knn[j]) if m.rank_knn[j] >= 0 else 0.0
     val[6] = 1.0 / (1.0 + m.rank_pop[j]) if m.rank_pop[j] >= 0 else 0.0
@@ -92,25 +100,32 @@ def _features(m, it, j, s_mf, knn_max, pop_max, bucket):
 
 @njit(cache=True, inline="always")
 def _candidates(m, us, it, sc, u):
-    """Union of the three sources' top lists into ``m.cand``; sets ``m.tmp[0:3]``."""
+    """Union of the three sources' top lists into ``m.cand``; sets ``m.tmp[0:3]`` and
+    ``m.tmp[4:6]`` (the item-to-item part stays gathered until ``_release``)."""
     hp = m.hp
     n_cat = it.n[0]
-    imp = m.imp
+    imp, knn = m.imp, m.knn
     s_mf = sc.scores
     score_factors(imp.P[u], imp.Q, imp.b, n_cat, s_mf)
-    itemknn_scores(m.knn, us, it, u, m.s_knn)
-    excl = sc.excl
-    mark_history(us.hoff, us.hlen, us.hpool, u, excl, 1)
     top_idx, top_sc, cand = m.top_idx, m.top_sc, m.cand
     rank_mf, rank_knn, rank_pop = m.rank_mf, m.rank_knn, m.rank_pop
-    c = topk_masked(s_mf, n_cat, excl, it.active, hp.factor_candidates, top_idx, top_sc)
+    c = user_topk(s_mf, n_cat, u, us, it, sc, hp.factor_candidates, top_idx, top_sc)
     n = 0
     for r in range(c):
         j = top_idx[r]
         rank_mf[j] = r
         cand[n] = j
         n += 1
-    c = topk_masked(m.s_knn, n_cat, excl, it.active, hp.candidates, top_idx, top_sc)
+    if is_dense(knn):
+        dense_scores(knn, us, it, u, knn.dsc)
+        m.tmp[5] = 0
+        c = user_topk(knn.dsc, n_cat, u, us, it, sc, hp.candidates, top_idx, top_sc)
+    else:
+        gathered = itemknn_gather(knn, us, u)
+        top = pop_top(it)
+        m.tmp[4] = top
+        m.tmp[5] = gathered
+        c = itemknn_select(knn, us, it, sc, u, gathered, top, hp.candidates, top_idx, top_sc)
     knn_max = top_sc[0] if c > 0 else 0.0
     for r in range(c):
         j = top_idx[r]
@@ -118,15 +133,14 @@ def _candidates(m, us, it, sc, u):
             cand[n] = j
             n += 1
         rank_knn[j] = r
-    c = pop_topk(it.pop, it.porder, n_cat, excl, it.active, hp.pop_candidates, top_idx, top_sc)
-    pop_max = top_sc[0] if c > 0 else 0.0
+    c = user_pop_topk(u, us, it, sc, hp.pop_candidates, top_idx, top_sc)
+    pop_max = top_idx[0] if c > 0 else 0
     for r in range(c):
         j = top_idx[r]
         if rank_mf[j] < 0 and rank_knn[j] < 0:
             cand[n] = j
             n += 1
         rank_pop[j] = r
-    mark_history(us.hoff, us.hlen, us.hpool, u, excl, 0)
     m.tmp[0] = n
     m.tmp[1] = knn_max
     m.tmp[2] = pop_max
@@ -134,13 +148,15 @@ def _candidates(m, us, it, sc, u):
 
 @njit(cache=True, inline="always")
 def _release(m):
-    """Clear the candidates' source ranks (all -1 between events)."""
+    """Clear the candidates' source ranks and the gathered item-to-item scores."""
     for t in range(int(m.tmp[0])):
         j = m.cand[t]
         m.rank_mf[j] = -1
         m.rank_knn[j] = -1
         m.rank_pop[j] = -1
     m.tmp[0] = 0
+    itemknn_release(m.knn, int(m.tmp[5]))
+    m.tmp[5] = 0
 
 
 @njit(cache=True, inline="always")
@@ -184,6 +200,9 @@ def hybrid_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
 def hybrid_learn_pre(m, us, it, sc, b, e):
     u = b.U[e]
     i = b.I[e]
+    if not is_dense(m.knn) and not room_for(m.knn.used, m.knn.pj.shape[0], m.knn.hp.neighbors, m.knn.hp.window + 2):
+        _release(m)
+        return NEED_ROOM
     n = int(m.tmp[0])
     knn_max, pop_max, bucket = m.tmp[1], m.tmp[2], int(m.tmp[3])
     in_cand = i < it.n[0] and (m.rank_mf[i] >= 0 or m.rank_knn[i] >= 0 or m.rank_pop[i] >= 0)
@@ -202,18 +221,18 @@ def hybrid_learn_pre(m, us, it, sc, b, e):
                 p = ftrl_predict(m.idx, m.val, nf, m.rr_z, m.rr_n, fhp, m.w)
                 ftrl_update(m.idx, m.val, nf, m.w, p, 0.0, m.rr_z, m.rr_n, fhp, m.zdirty)
     _release(m)
-    itemknn_learn(m.knn, us, it, u, i)
-    return True
+    itemknn_learn(m.knn, us, it, u, i)  # room was checked above
+    return OK
 
 
 @njit(cache=True, inline="always")
 def hybrid_learn_post(m, us, it, sc, b, e):
     if not implicit_learn(m.imp, us, it, b.U[e], b.I[e]):
-        return False
+        return DIVERGED
     for t in range(m.rr_z.shape[0]):
         if not math.isfinite(m.rr_z[t]):
-            return False
-    return True
+            return DIVERGED
+    return OK
 
 
 @njit(cache=True, inline="always")

@@ -37,7 +37,7 @@ from numba import njit
 from .common import rng_below, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
-from .layout import bind_constructor, define
+from .layout import DIVERGED, OK, bind_constructor, define
 from .init import init_item_row, init_user_row
 from .pairset import pairset_contains
 from .topk import quantize_row, score_factors, score_factors_q8
@@ -139,7 +139,7 @@ def implicit_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
 
 @njit(cache=True, inline="always")
 def implicit_learn_post(m, us, it, sc, b, e):
-    return implicit_learn(m, us, it, b.U[e], b.I[e])
+    return OK if implicit_learn(m, us, it, b.U[e], b.I[e]) else DIVERGED
 
 
 @njit(cache=True, inline="always")

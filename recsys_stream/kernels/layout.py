@@ -11,8 +11,8 @@ its declaration and the code that reads it, never a positional unpacking elsewhe
   draws (``common``), ``dirty`` rows changed since the last checkpoint);
 - ``ItemK``: the item side (``n[0]`` the catalog extent: item rows are handed out in
   order of first appearance, so a row ``>= n[0]`` is "not seen yet"; ``active`` 0 once
-  retired; ``pop``/``pop_meta``/``porder``/``prank`` decayed popularity and the items in
-  popularity order (``popularity``); ``iev`` events per item; ``dirty``; ``key`` the
+  retired; ``pop``/``plin``/``pop_meta``/``porder``/``prank`` decayed popularity (log and
+  derived linear) and the items in popularity order (``popularity``); ``iev`` events per item; ``dirty``; ``key`` the
   item id's 64-bit hash, which seeds the row's initial values; ``seed`` the job's seed);
 - ``Scratch``: per-thread work arrays over item rows, all zero between calls (``excl``
   marks a user's items while ranking; ``scores``; ``sc_k`` a top-k's scores);
@@ -42,6 +42,11 @@ LEARN = 2  # update the model's parameters with the event
 WANT_LIST = 4  # compute the user's list after learning (to be emitted)
 RANK = 8  # rank the catalog before learning (ranking metrics)
 PEEK = 16  # read only: with WANT_LIST, the user's current list; nothing is learned or recorded
+
+# What a learn step returns.
+OK = 0
+DIVERGED = 1  # a parameter became NaN or Inf
+NEED_ROOM = 2  # a pool is too small for this event: nothing was changed; grow it and resume here
 
 
 class _Type(types.StructRef):
@@ -76,7 +81,8 @@ def bind_constructor(proxy, ctor) -> None:
 
 
 UserK, UserKType = define("UserK", ["uev", "recent", "hoff", "hlen", "hpool", "seen", "seen_count", "rng", "dirty"], __name__)
-ItemK, ItemKType = define("ItemK", ["n", "active", "pop", "pop_meta", "porder", "prank", "iev", "dirty", "key", "seed"], __name__)
+ItemK, ItemKType = define("ItemK", ["n", "active", "pop", "plin", "pop_meta", "porder", "prank", "iev", "dirty", "key",
+                                    "seed"], __name__)
 Scratch, ScratchType = define("Scratch", ["scores", "excl", "sc_k"], __name__)
 Batch, BatchType = define("Batch", ["U", "I", "V", "Y", "T", "E", "F", "ctx_ptr", "ctx_hash"], __name__)
 Out, OutType = define("Out", ["pred", "pos", "topk", "lst", "lst_sc"], __name__)
@@ -88,8 +94,8 @@ def _new_user(uev, recent, hoff, hlen, hpool, seen, seen_count, rng, dirty):
 
 
 @njit(cache=True)
-def _new_item(n, active, pop, pop_meta, porder, prank, iev, dirty, key, seed):
-    return ItemK(n, active, pop, pop_meta, porder, prank, iev, dirty, key, seed)
+def _new_item(n, active, pop, plin, pop_meta, porder, prank, iev, dirty, key, seed):
+    return ItemK(n, active, pop, plin, pop_meta, porder, prank, iev, dirty, key, seed)
 
 
 @njit(cache=True)

@@ -39,7 +39,7 @@ from numba import njit
 from .common import clip
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
-from .layout import bind_constructor, define
+from .layout import DIVERGED, OK, bind_constructor, define
 from .init import init_item_row, init_user_row
 from .topk import quantize_row, score_factors, score_factors_q8
 
@@ -149,11 +149,11 @@ def mf_learn(m, us, it, sc, b, e):
     m.glob[0] += r
     m.glob[1] += 1.0
     if not (math.isfinite(m.bu[u]) and math.isfinite(m.bi[i])):
-        return False
+        return DIVERGED
     for d in range(dim):
         if not (math.isfinite(P[u, d]) and math.isfinite(Q[i, d])):
-            return False
-    return True
+            return DIVERGED
+    return OK
 
 
 @njit(cache=True, inline="always")

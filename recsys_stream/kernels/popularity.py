@@ -1,16 +1,30 @@
-"""Recency-decayed popularity with forward decay (Cormode, Shkapenyuk, Srivastava & Xu 2009).
+"""Recency-decayed popularity, kept in the log domain (forward decay: Cormode, Shkapenyuk,
+Srivastava & Xu 2009).
 
-An event at time ``t`` adds ``exp(rate * (t - L))`` to its item, where ``L`` is a landmark
-time and ``rate = ln 2 / half_life``. Every item's score is then the decayed count as of
-any common time, up to one shared factor, so items compare directly and an update costs
-O(1). When the weights grow large the landmark moves forward and all scores are rescaled
-once. ``rate = 0`` gives plain counts.
+An interaction at event time ``t`` adds ``exp(rate * t)`` to its item's mass, with
+``rate = ln 2 / half_life``; the item's decayed count as of any time ``T`` is then
+``mass * exp(-rate * T)``, so every item compares with every other by its mass alone and an
+update costs O(1). The mass is kept as its logarithm ``lp``::
 
-``meta`` is a float64 array ``[landmark, rate, initialised, max score]``.
+    lp <- logaddexp(lp, rate * t)         (lp = -inf: never seen)
 
-``order``/``rank`` keep the items sorted by score (descending, ties to the lower row):
-an update only raises one item's score, so it moves up a few places (``pop_place``), and
-the popularity top-k of a user is the first k unexcluded entries (``pop_topk``).
+which never overflows or underflows for any finite event time, so no landmark has to move
+and no item's score is ever rescaled: each item's value depends on its own events only
+(an item row can be owned and merged on its own), and a wild timestamp cannot turn every
+score into NaN. ``rate = 0`` gives plain counts (``lp = log(count)``).
+
+``order``/``rank`` keep the items sorted by ``lp`` (descending, ties to the lower row): an
+update only raises one item's value, so it moves up a few places (``pop_place``), and the
+popularity top-k of a user is the first k unexcluded entries (``pop_topk``).
+
+Scoring needs popularity relative to the top item for every candidate; an ``exp`` per
+item per event would cost more than the rest of the ranking, so a derived linear copy is
+kept: ``plin[i] = exp(lp[i] - ref)`` for a reference ``ref`` that moves (every value
+recomputed) only when the newest mass is ``e^300`` above it, which at a half-life of a day
+happens once per ~300 days of event time. ``plin`` is rebuilt from ``lp``, never stored.
+
+``meta`` is ``[rate, ref]`` (``ref`` -inf before the first interaction); a checkpoint keeps
+it, so a restored ``plin`` is bit for bit the one the uninterrupted run had.
 """
 
 from __future__ import annotations
@@ -20,63 +34,68 @@ import math
 import numpy as np
 from numba import njit
 
-_RESCALE_AT = 1e150
+
+@njit(cache=True, inline="always")
+def logaddexp(a, b):
+    if a == -np.inf:
+        return b
+    if b == -np.inf:
+        return a
+    if a > b:
+        return a + math.log1p(math.exp(b - a))
+    return b + math.log1p(math.exp(a - b))
+
+
+@njit(cache=True, inline="always")
+def pop_weight(meta, t):
+    """The log of one interaction's mass at event time ``t``."""
+    return meta[0] * t
+
+
+REBASE_AT = 300.0
 
 
 @njit(cache=True)
-def pop_learn(pop, n_items, meta, i, t, weight, order, rank):
-    """Add one (weighted) interaction with item row ``i`` at event time ``t``; returns
-    True when every score was rescaled (so every item's state changed)."""
-    rescaled = False
-    if meta[2] == 0.0:
-        meta[0] = t
-        meta[2] = 1.0
-    rate = meta[1]
-    x = rate * (t - meta[0])
-    if x > 300.0:  # exp would overflow soon: move the landmark to t
-        f = math.exp(-x)
-        for j in range(n_items):
-            pop[j] *= f
-        meta[3] *= f
-        meta[0] = t
-        x = 0.0
-        _resort(pop, n_items, order, rank)
-        rescaled = True
-    w = math.exp(x) * weight
-    pop[i] += w
-    if pop[i] > meta[3]:
-        meta[3] = pop[i]
-    if pop[i] > _RESCALE_AT:
-        f = 1.0 / pop[i]
-        for j in range(n_items):
-            pop[j] *= f
-        meta[3] *= f
-        # scores were divided by f^-1: shift the landmark so new weights stay consistent
-        meta[0] += math.log(1.0 / f) / rate if rate > 0.0 else 0.0
-        _resort(pop, n_items, order, rank)
-        rescaled = True
-    else:
-        pop_place(pop, order, rank, i)
-    return rescaled
+def pop_learn(lp, plin, meta, n, i, t, order, rank):
+    """Add one interaction with item row ``i`` at event time ``t`` (``n``: catalog extent)."""
+    lp[i] = logaddexp(lp[i], pop_weight(meta, t))
+    pop_linear(lp, plin, meta, n, i)
+    pop_place(lp, order, rank, i)
 
 
 @njit(cache=True, inline="always")
-def pop_now(pop, meta, i, t):
-    """Decayed count of item ``i`` as of time ``t`` (for display and features)."""
-    if meta[2] == 0.0:
+def pop_linear(lp, plin, meta, n, i):
+    """Bring ``plin[i]`` in line with ``lp[i]`` (moving the reference if needed)."""
+    if meta[1] == -np.inf or lp[i] - meta[1] > REBASE_AT:
+        meta[1] = lp[i]
+        for j in range(n):
+            plin[j] = 0.0 if lp[j] == -np.inf else math.exp(lp[j] - meta[1])
+    plin[i] = math.exp(lp[i] - meta[1])
+
+
+@njit(cache=True, inline="always")
+def pop_now(lp, meta, i, t):
+    """Decayed count of item ``i`` as of time ``t`` (for display)."""
+    if lp[i] == -np.inf:
         return 0.0
-    return pop[i] * math.exp(-meta[1] * (t - meta[0]))
-
+    return math.exp(lp[i] - meta[0] * t)
 
 
 @njit(cache=True, inline="always")
-def pop_place(pop, order, rank, i):
-    """Move item ``i`` up the order after its score grew (ties: lower row first)."""
+def pop_relative(plin, i, top):
+    """Item ``i``'s popularity relative to row ``top``'s: in [0, 1] when ``top`` is the most
+    popular (``plin[top] > 0``)."""
+    return plin[i] / plin[top] if plin[top] > 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def pop_place(lp, order, rank, i):
+    """Move item ``i`` up the order after its value grew (ties: lower row first)."""
     r = rank[i]
-    s = pop[i]
+    s = lp[i]
     while r > 0:
         j = order[r - 1]
-        if pop[j] > s or (pop[j] == s and j < i):
+        if lp[j] > s or (lp[j] == s and j < i):
             break
         order[r] = j
         rank[j] = r
@@ -86,18 +105,25 @@ def pop_place(pop, order, rank, i):
 
 
 @njit(cache=True)
-def _resort(pop, n_items, order, rank):
-    """Rebuild the order from scratch (after a rescale, where rounding can create ties)."""
-    o = np.argsort(-pop[:n_items], kind="mergesort")
+def pop_resort(lp, plin, meta, n_items, order, rank):
+    """Rebuild the order and the linear copy from scratch (after a restore or a merge of
+    many rows)."""
+    o = np.argsort(-lp[:n_items], kind="mergesort")
     for r in range(n_items):
         order[r] = o[r]
         rank[o[r]] = r
+    if meta[1] == -np.inf and n_items > 0:
+        meta[1] = lp[o[0]]
+    for j in range(n_items):
+        plin[j] = 0.0 if lp[j] == -np.inf or meta[1] == -np.inf else math.exp(lp[j] - meta[1])
 
 
 @njit(cache=True)
-def pop_topk(pop, order, n_cat, excl, active, k, out_idx, out_sc):
-    """The first k items of the popularity order that are active and not excluded."""
+def pop_topk(plin, order, n_cat, excl, active, k, out_idx, out_sc):
+    """The first k items of the popularity order that are active and not excluded; scores
+    are relative to the most popular item."""
     c = 0
+    top = order[0] if n_cat > 0 else 0
     for r in range(n_cat):
         if c == k:
             break
@@ -105,7 +131,7 @@ def pop_topk(pop, order, n_cat, excl, active, k, out_idx, out_sc):
         if active[j] == 0 or excl[j] != 0:
             continue
         out_idx[c] = j
-        out_sc[c] = pop[j]
+        out_sc[c] = pop_relative(plin, j, top)
         c += 1
     for r in range(c, k):
         out_idx[r] = -1

@@ -56,14 +56,17 @@ def topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc):
     """Fill ``out_idx[:c]``/``out_sc[:c]`` with the best ``c <= k`` rows j < n_cat that are
     active and not excluded (``excl[j] == 0``); return ``c``.
 
-    Small k keeps a sorted run (insertion); larger k a binary heap, sorted at the end.
+    Small k keeps a sorted run (insertion); larger k a binary heap, sorted at the end. The
+    k-th score so far lives in a local (``kth``): most rows fail the first comparison, and
+    reading the bar from memory at every row (it could alias ``scores``) was half the cost.
     """
     if k > 16:
         return _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc)
     cnt = 0
+    kth = -np.inf
     for j in range(n_cat):
         s = scores[j]
-        if cnt == k and not (s > out_sc[k - 1]):
+        if cnt == k and not (s > kth):
             continue
         if not (s == s):  # NaN never ranks
             continue
@@ -78,6 +81,7 @@ def topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc):
         out_idx[pos] = j
         if cnt < k:
             cnt += 1
+        kth = out_sc[k - 1] if cnt == k else -np.inf
     for r in range(cnt, k):
         out_idx[r] = -1
         out_sc[r] = -np.inf
@@ -89,9 +93,10 @@ def _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc):
     hs = out_sc
     hj = out_idx
     n = 0
+    root = -np.inf  # the worst kept score, in a local (see topk_masked)
     for j in range(n_cat):
         s = scores[j]
-        if n == k and not (s > hs[0]):  # rows only increase: a tie with the root loses
+        if n == k and not (s > root):  # rows only increase: a tie with the root loses
             continue
         if not (s == s):
             continue
@@ -114,6 +119,8 @@ def _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc):
             hs[0] = s
             hj[0] = j
             _sift_down(hs, hj, n, 0)
+        if n == k:
+            root = hs[0]
     # heap sort: repeatedly move the worst to the end
     for end in range(n - 1, 0, -1):
         hs[0], hs[end] = hs[end], hs[0]

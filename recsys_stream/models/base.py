@@ -130,6 +130,18 @@ class Model:
     def item_specs(self) -> list[ArraySpec]:
         return []
 
+    def item_pools(self) -> dict:
+        """Bounded neighbour-list pools of the item side: name -> most entries a row."""
+        return {}
+
+    def reserve(self, users, items, n_events: int) -> None:
+        """Before a batch of ``n_events``: room in pools the kernels grow."""
+
+    def grow(self, users, items) -> None:
+        """A kernel ran out of pool room (``NEED_ROOM``): make more."""
+        for pool in items.pools.values():
+            pool.reserve(items.arrays, len(items), 2 * len(pool.pj))
+
     def kernel_state(self, users, items, k: int):
         """The named tuple the model's kernel steps read, over the current arrays of
         ``users`` (a ``UserState``) and ``items`` (an ``ItemState``)."""

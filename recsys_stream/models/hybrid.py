@@ -15,7 +15,7 @@ from ..kernels.itemknn import ItemKNNHP
 from ..state import GLOBAL, ArraySpec
 from .base import Model, Params, pack
 from .implicit import ImplicitParams, implicit_item_specs, implicit_state, implicit_user_specs
-from .itemknn import ItemKNNParams, itemknn_item_specs, itemknn_state
+from .itemknn import ItemKNNParams, itemknn_item_specs, itemknn_pools, itemknn_state, reserve_pool
 from .ftrl import FTRLParams
 
 
@@ -27,6 +27,8 @@ class HybridParams(Params):
     negatives: int = 32  # BPR negatives of the factor part
     window: int = 12
     recent: int = 10
+    neighbors: int = 256  # the most neighbours an item keeps (item-to-item part)
+    dense_items: int = 4096  # up to this many items, item-to-item counts in a dense matrix
     candidates: int = 50  # from item-to-item CF
     factor_candidates: int = 20  # from the factor model
     pop_candidates: int = 20  # from popularity
@@ -36,15 +38,16 @@ class HybridParams(Params):
     l1: float = 0.0
     l2: float = 1.0
 
-    POSITIVE = ("dim", "lr", "window", "recent", "alpha")
-    NON_NEGATIVE = ("reg", "negatives", "candidates", "factor_candidates", "pop_candidates", "rerank_negatives",
+    POSITIVE = ("dim", "lr", "window", "recent", "neighbors", "alpha")
+    NON_NEGATIVE = ("dense_items", "reg", "negatives", "candidates", "factor_candidates", "pop_candidates", "rerank_negatives",
                     "beta", "l1", "l2")
 
     def implicit(self) -> ImplicitParams:
         return ImplicitParams(dim=self.dim, lr=self.lr, reg=self.reg, negatives=self.negatives)
 
     def itemknn(self) -> ItemKNNParams:
-        return ItemKNNParams(window=self.window, recent=self.recent)
+        return ItemKNNParams(window=self.window, recent=self.recent, neighbors=self.neighbors,
+                             dense_items=self.dense_items)
 
     def reranker(self) -> FTRLParams:
         return FTRLParams(alpha=self.alpha, beta=self.beta, l1=self.l1, l2=self.l2)
@@ -62,6 +65,12 @@ class HybridModel(Model):
         return (implicit_item_specs("imp", self.params.dim, False) + itemknn_item_specs("knn")
                 + [ArraySpec("rr.z", GLOBAL, (n,), "float64"), ArraySpec("rr.n", GLOBAL, (n,), "float64")])
 
+    def item_pools(self):
+        return itemknn_pools("knn", self.params.itemknn())
+
+    def reserve(self, users, items, n_events: int) -> None:
+        reserve_pool(items, "knn", self.params.itemknn(), n_events)
+
     def kernel_state(self, users, items, k):
         p = self.params
         cap = items.arrays.cap
@@ -69,13 +78,12 @@ class HybridModel(Model):
         i = items.arrays
         return K.HybridK(
             implicit_state("imp", users, items, pack(ImplicitHP, p.implicit())),
-            itemknn_state("knn", items, pack(ItemKNNHP, p.itemknn())),
+            itemknn_state("knn", items, pack(ItemKNNHP, p.itemknn()), k),
             i["rr.z"], i["rr.n"], pack(FTRLHP, p.reranker()), pack(K.HybridHP, p),
-            scratch.array("hybrid.s_knn", cap, np.float64),
             scratch.array("hybrid.rank_mf", cap, np.int32, -1), scratch.array("hybrid.rank_knn", cap, np.int32, -1),
             scratch.array("hybrid.rank_pop", cap, np.int32, -1),
             np.empty(3 * n_cand, np.int64), np.empty(3 * n_cand), np.empty(n_cand, np.int32), np.empty(n_cand),
             np.empty(K.N_FEAT, np.int64), np.empty(K.N_FEAT), np.empty(K.N_FEAT),
             np.zeros(1, np.uint8),  # dirty chunks of rr_z/rr_n: the re-ranker is stored whole
-            np.zeros(4),
+            np.zeros(6),
         )

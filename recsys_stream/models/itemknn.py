@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from .. import scratch
 from ..kernels.itemknn import ItemKNNHP, ItemKNNK
-from ..state import ROW, SQUARE, ArraySpec
+from ..state import ROW, ArraySpec
 from .base import Model, Params, pack
 
 
@@ -17,23 +20,40 @@ class ItemKNNParams(Params):
     alpha: float = 0.8  # weight per step back among those
     beta: float = 0.7  # similarity normalisation exponent (0.5: cosine; higher damps popular items)
     pop_weight: float = 0.01  # popularity term (orders items no recent item points to)
+    neighbors: int = 256  # the most neighbours an item keeps (the heaviest, see kernels.neighbors)
+    dense_items: int = 4096  # up to this many item rows, counts in a dense matrix (4096: 64 MiB)
 
-    POSITIVE = ("window", "recent")
-    NON_NEGATIVE = ("pop_weight",)
+    POSITIVE = ("window", "recent", "neighbors")
+    NON_NEGATIVE = ("pop_weight", "dense_items")
     UNIT = ("gamma", "alpha", "beta")
 
 
 def itemknn_item_specs(prefix: str) -> list[ArraySpec]:
     return [
-        ArraySpec(f"{prefix}.C", SQUARE, (), "float32"),
         ArraySpec(f"{prefix}.n", ROW, (), "float64"),
         ArraySpec(f"{prefix}.inv", ROW, (), "float64"),  # n^-(1-beta), kept with n
     ]
 
 
-def itemknn_state(prefix: str, items, hp: ItemKNNHP) -> ItemKNNK:
+def itemknn_pools(prefix: str, p: ItemKNNParams) -> dict:
+    return {prefix: (p.neighbors, p.dense_items)}
+
+
+def hp_k_max(hp) -> int:
+    return 64
+
+
+def itemknn_state(prefix: str, items, hp: ItemKNNHP, k: int = 10) -> ItemKNNK:
     i = items.arrays
-    return ItemKNNK(i[f"{prefix}.C"], i[f"{prefix}.n"], i[f"{prefix}.inv"], hp)
+    pool = items.pools[prefix]
+    return ItemKNNK(i[f"{prefix}.n"], i[f"{prefix}.inv"], pool.dense, i[f"{prefix}.off"], i[f"{prefix}.nn"],
+                    i[f"{prefix}.cap"], pool.pj, pool.pc, pool.used, hp,
+                    scratch.array(f"{prefix}.dsc", i.cap if pool.is_dense else 1, np.float64),
+                    scratch.array(f"{prefix}.acc", i.cap, np.float64),
+                    scratch.array(f"{prefix}.touched", hp.recent * hp.neighbors, np.int32),
+                    scratch.array(f"{prefix}.vals", hp.recent * hp.neighbors, np.float64),
+                    scratch.array(f"{prefix}.cand", hp.recent * hp.neighbors, np.int32),
+                    np.empty(max(k, hp_k_max(hp)), np.float64))
 
 
 class ItemKNNModel(Model):
@@ -43,5 +63,19 @@ class ItemKNNModel(Model):
     def item_specs(self):
         return itemknn_item_specs("knn")
 
+    def item_pools(self):
+        return itemknn_pools("knn", self.params)
+
+    def reserve(self, users, items, n_events: int) -> None:
+        reserve_pool(items, "knn", self.params, n_events)
+
     def kernel_state(self, users, items, k):
-        return itemknn_state("knn", items, pack(ItemKNNHP, self.params))
+        return itemknn_state("knn", items, pack(ItemKNNHP, self.params), k)
+
+
+def reserve_pool(items, prefix: str, p, n_events: int) -> None:
+    """Room for a batch's neighbour-list growth, most of the time (a kernel that runs out
+    asks for more and the batch resumes, see ``kernels.driver``)."""
+    pool = items.pools[prefix]
+    if not pool.is_dense:
+        pool.reserve(items.arrays, len(items), max(n_events * 2 * p.window * 4, (p.window + 2) * p.neighbors))
