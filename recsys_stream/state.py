@@ -25,6 +25,7 @@ import numpy as np
 from .events import stable_hash64
 from .kernels.common import mix64
 from .kernels.history import history_compact, history_move, history_relocations
+from .kernels.init import init_item_rows
 from .kernels.layout import ItemK, UserK
 from .kernels.neighbors import FIRST_CAP, nb_compact
 from .kernels.pairset import pairset_add_many, pairset_grow, pairset_new, pairset_rebuild_without
@@ -42,6 +43,7 @@ class ArraySpec:
     fill: float = 0
     stored: bool = True  # False: derived, scratch or bookkeeping; never checkpointed
     dirty: str = ""  # GLOBAL: the uint8 array marking which chunks changed (checkpoints write only those)
+    init_std: float = 0.0  # item ROW arrays: > 0 draws a new row from N(0, std^2) seeded by the item id
 
 
 class StateArrays:
@@ -439,13 +441,18 @@ class ItemState:
         return row
 
     def _new_rows(self, first: int) -> None:
-        self.arrays.ensure(len(self.ids))
+        a = self.arrays
+        a.ensure(len(self.ids))
         for pool in self.pools.values():
-            pool.fit(self.arrays, len(self.ids))
-        key = self.arrays["key"]
+            pool.fit(a, len(self.ids))
+        key = a["key"]
         ids = self.ids.ids
-        for r in range(first, len(ids)):
-            key[r] = np.uint64(stable_hash64(ids[r]))
+        last = len(ids)
+        key[first:last] = np.fromiter((stable_hash64(ids[r]) for r in range(first, last)), dtype=np.uint64,
+                                      count=last - first)
+        for s in a.specs.values():
+            if s.init_std > 0:
+                init_item_rows(a[s.name], first, last, key, a["seed"][0], s.init_std)
 
     def extend(self, row: int) -> None:
         """Make ``row`` part of the catalog (as ``kernels.core.extend_catalog``)."""

@@ -52,10 +52,24 @@ def shard_seed(seed: int, index: int) -> int:
     return mix64((seed + index) & M64)
 
 
+def item_row(item_id: str, seed: int, dim: int, std: float) -> list[float]:
+    """An item row's initial values: a stream seeded by the id's hash and the job's seed."""
+    from recsys_stream.events import stable_hash64
+
+    rng = Rng(mix64(stable_hash64(item_id) ^ mix64(seed & M64)))
+    return [std * rng.normal() for _ in range(dim)]
+
+
+def item_rows(n_items: int, seed: int, dim: int, std: float) -> np.ndarray:
+    """Rows of items ``i0 .. i{n-1}`` (the ids ``conftest.random_stream`` gives)."""
+    return np.array([item_row(f"i{j}", seed, dim, std) for j in range(n_items)], np.float32).reshape(n_items, dim)
+
+
 class Core:
     """Shared shard state: seen pairs, decayed popularity, recency rings, counts."""
 
     def __init__(self, half_life_days: float, recent: int, seed: int, index: int = 0):
+        self.seed = seed
         self.rate = 0.0 if math.isinf(half_life_days) else math.log(2.0) / (half_life_days * 86400.0)
         self.lp: dict[int, float] = {}  # log of sum over the item's events of exp(rate * t)
         self.seen: set[tuple[int, int]] = set()
@@ -116,7 +130,7 @@ class MF:
         self.breg, self.init = bias_reg, init_std
         self.adagrad, self.lo, self.hi = adagrad, lo, hi
         self.P = np.zeros((n_users, dim), np.float32)
-        self.Q = np.zeros((n_items, dim), np.float32)
+        self.Q = np.zeros((n_items, dim), np.float32)  # set by the caller: rows from their ids
         self.bu = [0.0] * n_users
         self.bi = [0.0] * n_items
         self.cu = [0] * n_users
@@ -145,9 +159,6 @@ class MF:
         if self.cu[u] == 0:
             for d in range(self.dim):
                 self.P[u, d] = self.init * rng.normal()
-        if self.ci[i] == 0:
-            for d in range(self.dim):
-                self.Q[i, d] = self.init * rng.normal()
         err = r - raw
         self.bu[u] += max(self.ubmin, 1.0 / (self.cu[u] + self.ubc)) * (err - self.breg * self.bu[u])
         self.bi[i] += max(self.ibmin, 1.0 / (self.ci[i] + self.ibc)) * (err - self.breg * self.bi[i])
@@ -175,6 +186,7 @@ def run_mf(events, p, k, core: Core, rank: bool):
     n_items = max(e[1] for e in events) + 1
     m = MF(p.dim, p.lr, p.reg, p.user_bias_lr_min, p.user_bias_prior, p.item_bias_lr_min, p.item_bias_prior,
            p.bias_reg, p.init_std, p.adagrad, p.rating_min, p.rating_max, n_users, n_items)
+    m.Q[:] = item_rows(n_items, core.seed, p.dim, p.init_std)
     preds, pos = [], []
     for u, i, r, t in events:
         raw = m.predict_raw(u, i)
@@ -198,7 +210,7 @@ def run_implicit(events, p, k, core: Core):
     n_users = max(e[0] for e in events) + 1
     n_items = max(e[1] for e in events) + 1
     P = np.zeros((n_users, p.dim), np.float32)
-    Q = np.zeros((n_items, p.dim), np.float32)
+    Q = item_rows(n_items, core.seed, p.dim, p.init_std)
     b = [0.0] * n_items
     cu = [0] * n_users
     ci = [0] * n_items
@@ -216,8 +228,6 @@ def run_implicit(events, p, k, core: Core):
         core.observe(u, i, t)
         if cu[u] == 0:
             init(P, u)
-        if ci[i] == 0:
-            init(Q, i)
         if p.isgd:
             err = 1.0 - sum(float(P[u, d]) * float(Q[i, d]) for d in range(p.dim))
             for d in range(p.dim):
@@ -233,8 +243,6 @@ def run_implicit(events, p, k, core: Core):
                     break
             if j < 0:
                 continue
-            if ci[j] == 0:
-                init(Q, j)
             ci[j] += 1
             x = b[i] - b[j] + sum(float(P[u, d]) * (float(Q[i, d]) - float(Q[j, d])) for d in range(p.dim))
             g = sigmoid(-x)

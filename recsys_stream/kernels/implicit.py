@@ -20,7 +20,8 @@ Per positive event (u, i), two optional parts:
       q_j += eta * (-g * p_u - lambda * q_j);  b_j += eta * (-g - lambda_b * b_j)
 
 A factor model needs many negatives per event before it beats popularity; one per event
-stays near it. Rows are drawn from N(0, init_std^2) at their first update.
+stays near it. Rows are drawn from N(0, init_std^2): a user's at its first update, an
+item's when it is created, from its id (``init``).
 
 Steps (``driver``): ``rank``; ``learn_post``, after ``observe``, so the event's item is
 among the user's items that negatives skip, and a new item is already in the catalog
@@ -38,7 +39,7 @@ from .common import rng_below, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
 from .layout import DIVERGED, OK, bind_constructor, define
-from .init import init_item_row, init_user_row
+from .init import init_user_row
 from .pairset import pairset_contains
 from .topk import quantize_row, score_factors, score_factors_q8
 
@@ -69,8 +70,6 @@ def implicit_learn(m, us, it, u, i):
     use_q8 = hp.quantized
     if m.cu[u] == 0:
         init_user_row(P, u, init, us)
-    if ci[i] == 0:
-        init_item_row(Q, i, init, us, it)
     if hp.isgd:
         s = 0.0
         for d in range(dim):
@@ -94,9 +93,7 @@ def implicit_learn(m, us, it, u, i):
                 break
         if j < 0:
             continue
-        if ci[j] == 0:  # ci counts every update of the row, negatives included
-            init_item_row(Q, j, init, us, it)
-        ci[j] += 1
+        ci[j] += 1  # ci counts every update of the row, negatives included
         it.dirty[j] = 1
         x = b[i] - b[j]
         for d in range(dim):

@@ -20,8 +20,9 @@ shrunk running mean). On MovieLens 100K the bias schedule lowers RMSE more than 
 factor rank does.
 With ``adagrad`` on, ``eta_u``/``eta_i`` are row-wise AdaGrad rates
 ``eta / sqrt(G + 1e-8)`` where ``G`` accumulates the row's mean squared gradient;
-otherwise they equal ``eta``. Factors of a row are drawn from N(0, init_std^2) at the
-row's first rating, so predicting for an unknown id writes nothing.
+otherwise they equal ``eta``. A user's factors are drawn from N(0, init_std^2) at their
+first rating, an item's when its row is created, from its id (``init``); predicting for an
+unknown id writes nothing, and an item without a rating contributes no factor term.
 
 Steps (``driver``): ``prep`` computes the prediction once; ``rank`` (scores
 ``b_i + p_u . q_i``, the user's part of the sum being the same for every item),
@@ -40,7 +41,7 @@ from .common import clip
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
 from .layout import DIVERGED, OK, bind_constructor, define
-from .init import init_item_row, init_user_row
+from .init import init_user_row
 from .topk import quantize_row, score_factors, score_factors_q8
 
 MFHP = namedtuple("MFHP", ["lr", "reg", "user_bias_lr_min", "user_bias_prior", "item_bias_lr_min", "item_bias_prior",
@@ -114,10 +115,8 @@ def mf_learn(m, us, it, sc, b, e):
     r = b.V[e]
     if m.tmp[1] == 0.0:
         init_user_row(P, u, hp.init_std, us)
-    if m.tmp[2] == 0.0:
-        init_item_row(Q, i, hp.init_std, us, it)
-        if hp.quantized:
-            quantize_row(Q, i, m.Q8, m.qs)
+    if m.tmp[2] == 0.0 and hp.quantized:
+        quantize_row(Q, i, m.Q8, m.qs)
     err = r - raw
     eta_bu = max(hp.user_bias_lr_min, 1.0 / (m.cu[u] + hp.user_bias_prior))
     eta_bi = max(hp.item_bias_lr_min, 1.0 / (m.ci[i] + hp.item_bias_prior))

@@ -62,7 +62,8 @@ class HybridModel(Model):
 
     def item_specs(self):
         n = K.N_FEAT * K.N_BUCKETS
-        return (implicit_item_specs("imp", self.params.dim, False) + itemknn_item_specs("knn")
+        return (implicit_item_specs("imp", self.params.dim, False, self.params.implicit().init_std)
+                + itemknn_item_specs("knn")
                 + [ArraySpec("rr.z", GLOBAL, (n,), "float64"), ArraySpec("rr.n", GLOBAL, (n,), "float64")])
 
     def item_pools(self):

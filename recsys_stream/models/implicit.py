@@ -31,9 +31,9 @@ def implicit_user_specs(prefix: str, dim: int) -> list[ArraySpec]:
     return [ArraySpec(f"{prefix}.P", ROW, (dim,), "float32"), ArraySpec(f"{prefix}.cu", ROW, (), "int64")]
 
 
-def implicit_item_specs(prefix: str, dim: int, quantized: bool) -> list[ArraySpec]:
+def implicit_item_specs(prefix: str, dim: int, quantized: bool, init_std: float) -> list[ArraySpec]:
     return [
-        ArraySpec(f"{prefix}.Q", ROW, (dim,), "float32"),
+        ArraySpec(f"{prefix}.Q", ROW, (dim,), "float32", init_std=init_std),
         ArraySpec(f"{prefix}.b", ROW, (), "float64"),
         ArraySpec(f"{prefix}.ci", ROW, (), "int64"),
         # the int8 copy the ranking reads: derived from Q
@@ -57,7 +57,7 @@ class ImplicitModel(Model):
         return implicit_user_specs("imp", self.params.dim)
 
     def item_specs(self):
-        return implicit_item_specs("imp", self.params.dim, self.params.quantized)
+        return implicit_item_specs("imp", self.params.dim, self.params.quantized, self.params.init_std)
 
     def kernel_state(self, users, items, k):
         return implicit_state("imp", users, items, pack(ImplicitHP, self.params))

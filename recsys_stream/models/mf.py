@@ -52,7 +52,7 @@ class MFModel(Model):
 
     def item_specs(self):
         d = self.params.dim
-        return [ArraySpec("mf.Q", ROW, (d,), "float32"), ArraySpec("mf.bi", ROW, (), "float64"),
+        return [ArraySpec("mf.Q", ROW, (d,), "float32", init_std=self.params.init_std), ArraySpec("mf.bi", ROW, (), "float64"),
                 ArraySpec("mf.ci", ROW, (), "int64"), ArraySpec("mf.gi", ROW, (), "float64"),
                 ArraySpec("mf.glob", GLOBAL, (2,), "float64"),
                 # the int8 copy the ranking reads: derived from mf.Q
