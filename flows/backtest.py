@@ -7,7 +7,7 @@ it) of a log replayed in event-time order through the same dataflow production r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bytewax.run import cli_main
 
@@ -59,7 +59,8 @@ def run_backtest(
     lists = None
     if shard.lists != "none" or shard.watch:
         lists = ListsSink(path=lists_path, keep_latest=keep_lists)
-    flow = build_flow(settings.flow, source, metrics_sink=metrics, lists_sink=lists, features=features)
+    fs = settings.flow if settings.flow.workers == settings.workers else replace(settings.flow, workers=settings.workers)
+    flow = build_flow(fs, source, metrics_sink=metrics, lists_sink=lists, features=features)
     t0 = time.perf_counter()
     cli_main(flow, workers_per_process=settings.workers)
     return BacktestRun(acc, clock, lists, seconds=time.perf_counter() - t0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bytewax.dataflow import Dataflow
 
-from recsys_stream.ckdir import lock_checkpoint_dir, prepare_checkpoint_dir, recovery_config  # noqa: F401 (entry point)
+from recsys_stream.ckdir import lock_checkpoint_dir, preflight, prepare_checkpoint_dir, recovery_config  # noqa: F401
 from recsys_stream.config import RunConfig, load_config
 from recsys_stream.generate import GeneratorSettings, generate
 from recsys_stream.io.kafka import (
@@ -25,8 +25,10 @@ from recsys_stream.io.kafka import (
     KafkaDeadLetterSink,
     KafkaListsSink,
     ensure_topics,
+    topic_config,
     topic_partitions,
 )
+from recsys_stream.io.itemsync import ItemSync, sync_topic_name
 from recsys_stream.io.replay import ReplaySource, RunClock
 from recsys_stream.io.sinks import MetricsSink, StdoutListsSink
 from recsys_stream.metrics import MetricsAccumulator
@@ -34,7 +36,7 @@ from recsys_stream.models import MODELS
 from recsys_stream.obs import NullMetrics
 from recsys_stream.settings import CheckpointSettings, FlowSettings, shard_settings
 
-from .recsys import build_flow
+from .recsys import build_flow, make_hub
 
 log = logging.getLogger("recsys_stream.job")
 
@@ -45,20 +47,38 @@ class Job:
     config: RunConfig
     settings: FlowSettings
     metrics: MetricsSink | None = None  # prequential metrics (embedded stream, or with evaluate)
+    sync: ItemSync | None = None  # a cluster of processes: the item side's topic
+
+    def close(self) -> None:
+        """After the flow stopped: publish what is left and stop the sync threads."""
+        if self.sync is not None:
+            self.sync.close()
 
 
-def build_job(cfg: RunConfig, metrics=None) -> Job:
-    metrics = metrics or NullMetrics()
+def flow_settings(cfg: RunConfig) -> FlowSettings:
+    """The flow's settings for a run (checkpoint directory prepared and locked)."""
     n_shards = cfg.n_shards()
     checkpoint = None
     if cfg.checkpoint_dir:
         n_shards, _rec = prepare_checkpoint_dir(cfg)
         lock_checkpoint_dir(cfg)
+        preflight(cfg)  # a resume that would fail inside a worker fails here, in one line
         checkpoint = CheckpointSettings(str(Path(cfg.checkpoint_dir) / "state.lmdb"), map_gb=cfg.checkpoint_map_gb,
-                                        fallback=cfg.checkpoint_fallback)
-    settings = FlowSettings(shard=shard_settings(cfg), n_shards=n_shards, flow_id="recsys-job",
-                            refresh_interval_s=cfg.refresh_interval_s, max_lateness_s=cfg.max_lateness_s,
-                            checkpoint=checkpoint)
+                                        fallback=cfg.checkpoint_fallback, root=str(cfg.checkpoint_dir))
+    processes = max(len(cfg.address_list()), 1)
+    return FlowSettings(shard=shard_settings(cfg), n_shards=n_shards, n_buckets=cfg.item_buckets,
+                        processes=processes, workers=cfg.workers, process_id=cfg.process_id or 0,
+                        value_range=MODELS[cfg.model](cfg.model_params()).value_range(), flow_id="recsys-job",
+                        refresh_interval_s=cfg.refresh_interval_s, max_lateness_s=cfg.max_lateness_s,
+                        checkpoint=checkpoint)
+
+
+def build_job(cfg: RunConfig, metrics=None) -> Job:
+    metrics = metrics or NullMetrics()
+    settings = flow_settings(cfg)
+    if not cfg.brokers and settings.processes > 1:
+        raise ValueError("addresses: the processes of a cluster share the item side through Kafka; the embedded "
+                         "job runs in one process (give --brokers, or drop --addresses)")
     if not cfg.brokers:
         # the embedded job: a generated stream, evaluated prequentially as it runs
         settings = replace(settings, shard=replace(settings.shard, evaluate=True))
@@ -76,8 +96,17 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
         return Job(flow, cfg, settings, metrics=msink)
     conf = cfg.kafka_config()
     n = topic_partitions(conf, cfg.input_topic)
-    created = ensure_topics(conf, [cfg.output_topic, cfg.dead_letter_topic], cfg.partitions, cfg.replication)
+    limit = topic_config(conf, cfg.input_topic, "max.message.bytes")
+    dl_bytes = (int(limit) if limit and limit.isdigit() else 1048588) + 65536  # an input message and its headers
+    created = ensure_topics(conf, [cfg.output_topic, cfg.dead_letter_topic], cfg.partitions, cfg.replication,
+                            configs={cfg.dead_letter_topic: {"max.message.bytes": str(dl_bytes)}})
     log.info("input %s has %d partition(s); created %s", cfg.input_topic, n, created or "nothing")
+    hub = make_hub(settings)
+    sync = None
+    if settings.processes > 1:
+        sync = ItemSync(conf, sync_topic_name(cfg.output_topic), hub, cfg.sync_interval_s, settings.process_id,
+                        settings.processes, cfg.replication, metrics)
+        sync.start()  # before the cluster starts: its offsets are where this run's updates begin
     source = KafkaBatchSource(conf, cfg.input_topic, start=cfg.start, batch_size=cfg.batch_size,
                               exit_at_end=cfg.exit_at_end, metrics=metrics, max_rate=cfg.max_rate)
     catalog = None
@@ -87,8 +116,8 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
                                    exit_at_end=cfg.exit_at_end, metrics=metrics)
     flow = build_flow(settings, source, raw=True, catalog_source=catalog,
                       lists_sink=KafkaListsSink(conf, cfg.output_topic, metrics),
-                      dead_letter_sink=KafkaDeadLetterSink(conf, cfg.dead_letter_topic), metrics=metrics)
-    return Job(flow, cfg, settings)
+                      dead_letter_sink=KafkaDeadLetterSink(conf, cfg.dead_letter_topic), metrics=metrics, hub=hub)
+    return Job(flow, cfg, settings, sync=sync)
 
 
 def get_flow(config_path: str | None = None) -> Dataflow:

@@ -26,6 +26,7 @@ from .features import FeatureStore
 from .generate import GeneratorSettings, generate
 from .io.readers import DeadLetter, ReaderError, read_events, write_dead_letters
 from .io.side import read_item_features, read_user_features
+from .models import MODELS
 from .report import curves_window, write_report
 from .settings import BacktestSettings, FlowSettings, shard_settings
 from .shard import Shard
@@ -65,8 +66,9 @@ def load(cfg: RunConfig, b: BacktestConfig) -> Loaded:
     if b.data:
         _log(f"loading {b.data} ...", b.quiet)
         try:
+            value_range = MODELS[cfg.model](cfg.model_params()).value_range()
             res = read_events(b.data, fmt=b.format or None, columns=b.columns or None, delimiter=b.delimiter,
-                              default_type=b.event_type, sort=not b.no_sort)
+                              default_type=b.event_type, sort=not b.no_sort, value_range=value_range)
         except (ReaderError, OSError) as exc:
             raise BacktestError(str(exc)) from None
         events, errors, fmt, name = res.events, res.errors, res.format, b.data
@@ -131,12 +133,13 @@ def run(cfg: RunConfig, b: BacktestConfig, started: float | None = None) -> Back
         watch = frozenset(users[np.argsort(-counts, kind="stable")[: b.show]])
     shard = shard_settings(cfg, evaluate=True, lists="last" if b.lists else "none", watch=watch)
     n_shards = cfg.shards or cfg.workers
-    settings = BacktestSettings(flow=FlowSettings(shard=shard, n_shards=n_shards), workers=cfg.workers,
-                                batch_size=cfg.batch_size, passes=b.passes, progress=not b.quiet)
+    settings = BacktestSettings(flow=FlowSettings(shard=shard, n_shards=n_shards, n_buckets=cfg.item_buckets,
+                                                  workers=cfg.workers), workers=cfg.workers,
+                                batch_size=cfg.source_batch(), passes=b.passes, progress=not b.quiet)
     warm_up(shard, loaded.features)
     startup_s = time.perf_counter() - started - loaded.load_s
     _log(f"replaying through the dataflow: model {cfg.model}, {cfg.workers} worker(s), {n_shards} shard(s), "
-         f"batches of {cfg.batch_size:,}", b.quiet)
+         f"batches of {cfg.source_batch():,}", b.quiet)
     run_backtest = plugins.flow("backtest")
     res = run_backtest(log, settings, features=loaded.features, lists_path=b.lists or None, keep_lists=bool(watch))
     metrics = res.acc.finish()
@@ -156,8 +159,9 @@ def run(cfg: RunConfig, b: BacktestConfig, started: float | None = None) -> Back
         _log("baseline: the same stream with model pop ...", b.quiet)
         pop_cfg = replace(cfg, model="pop", params={})
         pop_settings = BacktestSettings(flow=FlowSettings(shard=shard_settings(pop_cfg, evaluate=True),
-                                                          n_shards=n_shards),
-                                        workers=cfg.workers, batch_size=cfg.batch_size, progress=False)
+                                                          n_shards=n_shards, n_buckets=cfg.item_buckets,
+                                                          workers=cfg.workers),
+                                        workers=cfg.workers, batch_size=cfg.source_batch(), progress=False)
         pop_run = run_backtest(log, pop_settings)
         baseline = {key: v for key, v in pop_run.acc.finish().items() if "@" in key}
         summary["baseline_pop"] = baseline

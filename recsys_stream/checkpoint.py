@@ -34,8 +34,8 @@ import numpy as np
 import orjson
 
 from . import codec
-from .state import ItemState, UserState
-from .storage import EMIT, FORMAT, GLOBALS, ITEMS, USERS, CheckpointError, Store, decode
+from .state import ItemState, UserState  # noqa: F401
+from .storage import BUCKET_PART, EMIT, FORMAT, GLOBALS, ITEMS, USERS, CheckpointError, Store, decode
 
 log = logging.getLogger("recsys_stream.checkpoint")
 
@@ -51,6 +51,10 @@ class Persisted(Protocol):
 
     def meta(self) -> dict: ...
 
+    def group(self, g: int): ...  # shard.Group
+
+    def drop_group(self, g: int) -> None: ...
+
 
 class SettingsMismatch(CheckpointError):
     """A generation written with other settings: a user's mistake, never a reason to fall
@@ -64,21 +68,28 @@ def layouts(users: UserState, items: ItemState) -> dict:
 class Checkpointer:
     """Writes a shard's generations and restores them (see module docstring)."""
 
-    def __init__(self, owner: Persisted, store: Store, fault=None, fallback: bool = False):
+    def __init__(self, owner: Persisted, store: Store, fault=None, fallback: bool = False, with_items: bool = True,
+                 part: int | None = None):
         self.owner = owner
+        self.with_items = with_items  # False: the item side is shared, its owners store it
         self.store = store
+        self.part = owner.index if part is None else part  # the key group: its users, its part of the store
         self.view: int | None = None  # read-only view of one generation (inspect)
         self.fault = fault
         self.fallback = fallback
 
     @property
     def index(self) -> int:
-        return self.owner.index
+        return self.part
+
+    def _group(self):
+        return self.owner.group(self.part)
 
     def meta(self, users_total: int | None = None) -> dict:
         o = self.owner
-        m = {"format": FORMAT, "shard": o.index, **o.meta(), "layout": layouts(o.users, o.items)}
-        m["users_total"] = o.users.total if users_total is None else users_total
+        m = {"format": FORMAT, "shard": self.part, **o.meta(), "layout": layouts(o.users, o.items),
+             "items": self.with_items}
+        m["users_total"] = self._group().total if users_total is None else users_total
         return m
 
     def check_meta(self, meta: dict, gen: int) -> None:
@@ -100,21 +111,25 @@ class Checkpointer:
         ua, ia = users.arrays, items.arrays
         records = []
         ids = users.ids.ids
-        for row in np.flatnonzero(ua["dirty"][: len(users)]):
+        n = len(users)
+        rows = np.flatnonzero((ua["dirty"][:n] != 0) & (ua["group"][:n] == self.part))
+        for row in rows:
             ext = ids[row]
             if ext is not None:
-                records.append((USERS, ext.encode("utf-8"), codec.encode_user(users, int(row))))
-        iids = items.ids.ids
-        for row in np.flatnonzero(ia["dirty"][: len(items)]):
-            records.append((ITEMS, iids[row].encode("utf-8"), codec.encode_item(items, int(row))))
-        for arrays in (ua, ia):
-            records += [(GLOBALS, name, payload) for name, payload in codec.global_records(arrays)]
+                records.append((USERS, ext.encode("utf-8"), codec.encode_user(users, int(row), items.index)))
+        records += [(GLOBALS, name, payload) for name, payload in codec.global_records(ua)]
+        if self.with_items:
+            iids = items.ids.ids
+            for row in np.flatnonzero(ia["dirty"][: len(items)]):
+                records.append((ITEMS, iids[row].encode("utf-8"), codec.encode_item(items, int(row))))
+            records += [(GLOBALS, name, payload) for name, payload in codec.global_records(ia)]
         records.append((EMIT, b"emit", orjson.dumps(emit)))
         gen = self.store.write_generation(self.index, records, self.meta(), fault=self.fault)
-        ua["dirty"][:] = 0
-        ia["dirty"][:] = 0
+        ua["dirty"][rows] = 0
         codec.clear_global_dirt(ua)
-        codec.clear_global_dirt(ia)
+        if self.with_items:
+            ia["dirty"][:] = 0
+            codec.clear_global_dirt(ia)
         return gen
 
     # -- restore ----------------------------------------------------------------------
@@ -145,7 +160,7 @@ class Checkpointer:
                     from None
             return self._fall_back(gen, exc)
         self.store.rollback(idx, gen)
-        self.owner.users.total = int(m.meta.get("users_total", 0))
+        self._group().total = int(m.meta.get("users_total", 0))
         return emit
 
     def view_generation(self, gen: int) -> dict:
@@ -154,7 +169,7 @@ class Checkpointer:
         self.check_meta(m.meta, gen)
         self.view = gen
         emit = self._load(gen)
-        self.owner.users.total = int(m.meta.get("users_total", 0))
+        self._group().total = int(m.meta.get("users_total", 0))
         return emit
 
     def _fall_back(self, gen: int, cause: Exception) -> dict:
@@ -165,13 +180,16 @@ class Checkpointer:
             except CheckpointError:
                 continue
             self.check_meta(m.meta, older)
-            self.owner.reset()
+            if self.with_items:
+                self.owner.reset()
+            else:
+                self.owner.drop_group(self.part)
             emit = self._load(older)
             self.store.rollback(idx, older)  # only now: the generation is known to be usable
             log.error("CHECKPOINT FALLBACK: shard %d generation %d is unusable (%s); resumed from generation %d. "
                       "The events applied between generations %d and %d are SKIPPED: the model never learns them",
                       idx, gen, cause, older, older, gen)
-            self.owner.users.total = int(m.meta.get("users_total", 0))
+            self._group().total = int(m.meta.get("users_total", 0))
             return emit
         raise CheckpointError(f"shard {idx}: generation {gen} is unusable ({cause}) and no older generation is "
                               "intact; start from an empty --checkpoint-dir") from None
@@ -181,21 +199,9 @@ class Checkpointer:
         idx = self.index
         glob = [(entity.decode(), payload) for entity, _g, payload in self.store.scan(idx, GLOBALS, gen)]
         codec.load_globals(users.arrays, glob)
-        codec.load_globals(items.arrays, glob)
-        recs = [(entity.decode("utf-8"), payload) for entity, _g, payload in self.store.scan(idx, ITEMS, gen)]
-        rows = [codec.item_row_of(p) for _e, p in recs]
-        n = max(rows) + 1 if rows else 0
-        ids: list = [None] * n
-        for (ext, _p), r in zip(recs, rows):
-            ids[r] = ext
-        if any(x is None for x in ids):
-            raise CheckpointError(f"shard {idx}: generation {gen} lacks the records of some item rows")
-        for ext in ids:
-            items.add(ext)
-        for _ext, payload in recs:
-            codec.decode_item_into(items, payload)
-        items.extend(n - 1)
-        items.resort()
+        if self.with_items:
+            codec.load_globals(items.arrays, glob)
+            load_items(items, [(e.decode("utf-8"), p) for e, _g, p in self.store.scan(idx, ITEMS, gen)])
         emit = self.store.get(idx, EMIT, b"emit", gen)
         return orjson.loads(emit) if emit is not None else {}
 
@@ -215,8 +221,9 @@ class Checkpointer:
                 hit = self.store.latest(txn, idx, USERS, ext.encode("utf-8"), head)
                 if hit is not None:
                     payload = decode(hit[1], f"shard {idx} U {ext!r} generation {hit[0]}")
-                    values, hist = codec.decode_user(users, payload)
-                    users.restore_row(ext, values, hist)
+                    values, hist = codec.decode_user(users, payload, self.owner.items.index)
+                    row = users.restore_row(ext, values, hist)
+                    users.arrays["group"][row] = self.part
                     found.add(ext)
         return found
 
@@ -232,66 +239,185 @@ class Checkpointer:
         if not live.any():
             return 0
         newest = float(last[live].max())
-        idle = np.flatnonzero(live & (last < newest - ttl_s) & (a["dirty"][:n] == 0))
+        idle = np.flatnonzero(live & (last < newest - ttl_s) & (a["dirty"][:n] == 0) & (a["group"][:n] == self.part))
         users.evict(idle)
         return len(idle)
 
 
+def load_items(items: ItemState, recs: list) -> None:
+    """Item records ``(id, payload)`` into ``items``: every id first (rows in the index),
+    then the values (neighbour keys resolve to rows), then the derived order."""
+    if not items.index.place([(ext, codec.item_row_of(p)) for ext, p in recs]):
+        pass  # rows as they come: the ids were written by several processes, or the index is in use
+    items.sync()
+    rows = [items.add(ext) for ext, _p in recs]
+    for (_ext, payload), row in zip(recs, rows):
+        codec.decode_item_into(items, row, payload)
+    if rows:
+        items.extend(max(rows))
+    items.resort()
+
+
+def committed(store: Store, handles: dict) -> dict:
+    """part -> generation of Bytewax's committed snapshot handles (shards and buckets)."""
+    out = {}
+    for h in handles.values():
+        if "bucket" in h:
+            out[OWNER_PART + int(h["bucket"])] = int(h["gen"])
+        elif "shard" in h:
+            out[int(h["shard"])] = int(h["gen"])
+    return out
+
+
 def digest(store: Store, gens: dict[int, int]) -> tuple[str, dict]:
-    """A stable hash of the model state of every shard at the given generations, keyed
-    by external ids: row numbers and write order do not change it. Emission bookkeeping
-    (pending lists, versions' timers, de-duplication ids) is left out."""
+    """A stable hash of the model state of every shard and item bucket at the given
+    generations, keyed by external ids: row numbers and write order do not change it.
+    Emission bookkeeping (pending lists, versions' timers, de-duplication ids) is left out."""
+    from .events import stable_hash64
+
     h = blake2b(digest_size=16)
     counts = {"users": 0, "items": 0}
-    for shard in sorted(gens):
-        gen = gens[shard]
-        m = store.manifest(shard, gen)
+    metas = {}
+    names: dict[int, str] = {}  # item key -> id, over every part
+    items_of: dict[int, list] = {}
+    for part in sorted(gens):
+        m = store.manifest(part, gens[part])
         if m is None:
-            raise CheckpointError(f"shard {shard}: generation {gen} has no manifest")
-        lay = m.meta["layout"]
-        item_ids: dict[int, str] = {}
-        item_recs = []
-        for entity, _g, payload in store.scan(shard, ITEMS, gen):
-            item_ids[codec.item_row_of(payload)] = entity.decode("utf-8")
-            item_recs.append((entity, payload))
+            raise CheckpointError(f"part {part}: generation {gens[part]} has no manifest")
+        metas[part] = m
+        recs = [(e, p) for e, _g, p in store.scan(part, ITEMS, gens[part])]
+        items_of[part] = recs
+        for e, _p in recs:
+            names[stable_hash64(e.decode("utf-8"))] = e.decode("utf-8")
+
+    def ids(keys) -> str:
+        return "|".join(names.get(int(k), "") for k in keys)
+
+    for part in sorted(gens):
+        gen = gens[part]
+        lay = metas[part].meta["layout"]
         glob: dict = {}
-        for entity, _g, payload in store.scan(shard, GLOBALS, gen):
+        for entity, _g, payload in store.scan(part, GLOBALS, gen):
             base, _, c = entity.decode().partition("#")
             glob.setdefault(base, []).append((int(c or 0), payload))
         for base in sorted(glob):
+            if base == "pop_meta":
+                continue  # the reference of a derived copy, each state's own
             h.update(b"G" + base.encode())
             for _c, payload in sorted(glob[base]):
                 h.update(payload)
-        sizes_u = [(n, np.dtype(d).itemsize * int(np.prod(t or [1]))) for n, d, t in lay["user"]["row"]]
-        for entity, _g, payload in sorted(store.scan(shard, USERS, gen)):
+        user_row = lay["user"]["row"] if "user" in lay else []
+        for entity, _g, payload in sorted(store.scan(part, USERS, gen)) if user_row else ():
             counts["users"] += 1
             h.update(b"U" + entity)
             off = 0
-            for name, size in sizes_u:
+            for name, dtype, tail, *rest in user_row:
+                size = codec.row_size(codec._Spec(dtype, tail, bool(rest)))
                 chunk = payload[off : off + size]
-                if name == "recent":  # item rows -> ids
-                    rows = np.frombuffer(chunk, dtype=np.int32)
-                    h.update("|".join(item_ids.get(int(r), "") for r in rows).encode())
-                else:
-                    h.update(chunk)
+                h.update(ids(np.frombuffer(chunk, dtype=np.uint64)).encode() if rest else chunk)
                 off += size
             (n,) = codec.U32.unpack_from(payload, off)
-            rows = np.frombuffer(payload[off + 4 : off + 4 + 4 * n], dtype=np.int32)
-            h.update("|".join(item_ids[int(r)] for r in rows).encode())
-        sizes_i = [(n, np.dtype(d).itemsize * int(np.prod(t or [1]))) for n, d, t in lay["item"]["row"]]
-        for entity, payload in sorted(item_recs):
+            h.update(ids(np.frombuffer(payload[off + 4 : off + 4 + 8 * n], dtype=np.uint64)).encode())
+        item_lay = lay.get("item")
+        if item_lay is None:
+            continue
+        sizes = [codec.row_size(codec._Spec(d, t)) for _n, d, t, *_r in item_lay["row"]]
+        for entity, payload in sorted(items_of[part]):
             counts["items"] += 1
             h.update(b"I" + entity)
-            off = 4
-            for _name, size in sizes_i:
+            off = 4  # the writer's row number: not state
+            for size in sizes:
                 h.update(payload[off : off + size])
                 off += size
-            for _name, _cap in lay["item"].get("pools", []):
-                (n,) = codec.U32.unpack_from(payload, off)
-                js = np.frombuffer(payload[off + 4 : off + 4 + 4 * n], dtype=np.int32)
-                cs = np.frombuffer(payload[off + 4 + 4 * n : off + 4 + 8 * n], dtype=np.float32)
-                off += 4 + 8 * n
-                pairs = sorted((item_ids[int(j)], float(c)) for j, c in zip(js, cs))
+            for keys, cs in codec.neighbor_keys(payload, item_lay):
+                pairs = sorted((names.get(int(k), ""), float(c)) for k, c in zip(keys, cs))
                 h.update("|".join(f"{j}={c!r}" for j, c in pairs).encode())
     return h.hexdigest(), counts
 
+
+OWNER_PART = BUCKET_PART  # the store's part of item bucket b is OWNER_PART + b (users: their shard's index)
+
+
+class BucketCheckpointer:
+    """An item bucket's generations: the rows of the bucket its owner changed since the
+    last one (records keyed by item id, as ``codec`` writes them) and the chunks of global
+    arrays the bucket owns (``items.global_bucket``)."""
+
+    def __init__(self, store: Store, owner, bucket: int, meta: dict, fault=None):
+        self.store = store
+        self.owner = owner  # items.OwnerStore
+        self.bucket = bucket
+        self.part = OWNER_PART + bucket
+        self.base_meta = meta
+        self.fault = fault
+
+    def meta(self) -> dict:
+        st = self.owner.state
+        return {"format": FORMAT, "bucket": self.bucket, **self.base_meta,
+                "layout": {"item": codec.layout(st.arrays, st.pools)}}
+
+    def snapshot(self) -> int:
+        from .items import CHUNK, global_bucket
+
+        owner = self.owner
+        with owner.lock:
+            st = owner.state
+            n = len(st)
+            rows = np.flatnonzero((owner.dirty[:n] != 0) & (st.index.bucket[:n] == self.bucket))
+            ids = st.index.ids.ids
+            records = [(ITEMS, ids[r].encode("utf-8"), codec.encode_item(st, int(r))) for r in rows]
+            mine: dict = {}
+            for name, c in list(owner.glob_dirty):
+                if global_bucket(name, c, st.index.n_buckets) == self.bucket:
+                    mine.setdefault(name, set()).add(c)
+                    owner.glob_dirty.discard((name, c))
+            if mine:
+                small = {name for name in mine if st.arrays[name].nbytes <= codec.SMALL_GLOBAL}
+                records += [(GLOBALS, name, payload) for name, payload in
+                            codec.global_records(st.arrays, {k: (None if k in small else v) for k, v in mine.items()})]
+            assert CHUNK == codec.CHUNK
+            owner.dirty[rows] = 0
+        return self.store.write_generation(self.part, records, self.meta(), fault=self.fault)
+
+
+BUCKET_KEYS = ("model", "params", "seed", "n_buckets")
+
+
+def bucket_meta_of(cfg) -> dict:
+    """What an item bucket's generations record of the job (``RunConfig``)."""
+    return {"model": cfg.model, "params": cfg.model_params().as_dict(), "seed": cfg.seed,
+            "n_buckets": cfg.item_buckets}
+
+
+def check_bucket_meta(written: dict, b: int, gen: int, meta: dict) -> None:
+    for key in BUCKET_KEYS:
+        if written.get(key) != meta.get(key):
+            raise SettingsMismatch(f"item bucket {b}: generation {gen} was written with {key}={written.get(key)!r}, "
+                                   f"but this job runs {key}={meta.get(key)!r}; restoring it would give wrong state. "
+                                   "Run with the settings the checkpoint was made with (`recsys-stream inspect DIR "
+                                   "--json` shows them), or start from a new --checkpoint-dir")
+
+
+def restore_buckets(store: Store, owner, gens: dict[int, int], meta: dict | None, rollback: bool = True) -> None:
+    """Load item buckets at the given generations into an owners' store (``items.Hub``),
+    rolling back what a crash left newer; every bucket's ids first, so rows (and neighbour
+    keys) resolve, and the rows one process wrote come back as they were."""
+    recs: list = []
+    glob: list = []
+    for b, gen in sorted(gens.items()):
+        part = OWNER_PART + b
+        head = store.head(part)
+        if head < gen:
+            raise CheckpointError(f"item bucket {b}: Bytewax's snapshot names generation {gen} but the store's newest "
+                                  f"is {head}; the LMDB files are older than the recovery partitions")
+        m = store.verify_generation(part, gen)
+        if meta is not None:
+            check_bucket_meta(m.meta, b, gen, meta)
+        if rollback:
+            store.rollback(part, gen)
+        recs += [(e.decode("utf-8"), p) for e, _g, p in store.scan(part, ITEMS, gen)]
+        glob += [(e.decode(), p) for e, _g, p in store.scan(part, GLOBALS, gen)]
+    with owner.lock:
+        codec.load_globals(owner.state.arrays, glob)
+        load_items(owner.state, recs)
+        owner._sync()

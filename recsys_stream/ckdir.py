@@ -179,6 +179,10 @@ def prepare_checkpoint_dir(cfg) -> tuple[int, Path]:
             if not rec.is_dir() or not glob.glob(str(rec / "part-*.sqlite3")):
                 raise CheckpointError(f"{rec}: Bytewax's recovery partitions are missing; the checkpoint cannot be "
                                       "resumed. Restore the directory from a backup or start from an empty one")
+            if "n_buckets" in meta and int(meta["n_buckets"]) != cfg.item_buckets:
+                raise CheckpointError(f"{root}: made with --item-buckets {meta['n_buckets']}, this job runs "
+                                      f"{cfg.item_buckets}; the number of item buckets is fixed for a checkpoint's "
+                                      "life (run with the same, or start from a new --checkpoint-dir)")
             return int(meta["n_shards"]), rec
         n_shards = cfg.n_shards()
         if cfg.cluster_size() > cfg.recovery_partitions:
@@ -189,7 +193,7 @@ def prepare_checkpoint_dir(cfg) -> tuple[int, Path]:
             init_db_dir(rec, cfg.recovery_partitions)
             for p in rec.iterdir():
                 os.chmod(p, 0o600)
-        _write_meta(meta_path, {"format": FORMAT, "n_shards": n_shards, "model": cfg.model,
+        _write_meta(meta_path, {"format": FORMAT, "n_shards": n_shards, "n_buckets": cfg.item_buckets, "model": cfg.model,
                                 "recovery_partitions": cfg.recovery_partitions,
                                 "processes": max(len(cfg.address_list()), 1), "created": time.time()})
         return n_shards, rec
@@ -266,7 +270,7 @@ def preflight(cfg) -> None:
     again as it restores."""
     if not cfg.checkpoint_dir:
         return
-    from .checkpoint import Checkpointer
+    from .checkpoint import OWNER_PART, Checkpointer, bucket_meta_of, check_bucket_meta
     from .inspect import committed_handles
     from .settings import shard_settings
     from .shard import Shard
@@ -284,15 +288,32 @@ def preflight(cfg) -> None:
     st = Store(str(lmdb_dir), map_size=int(cfg.checkpoint_map_gb * (1 << 30)), readonly=True)
     try:
         ss = shard_settings(cfg)
-        for shard, handle in sorted(handles.items()):
+        for part, handle in sorted(handles.items()):
             gen = int(handle["gen"])
+            shard = part
+            what = f"shard {shard}" if part < OWNER_PART else f"item bucket {part - OWNER_PART}"
             if handle.get("format") != FORMAT:
-                raise CheckpointError(f"{root}: the snapshot of shard {shard} was written in checkpoint format "
+                raise CheckpointError(f"{root}: the snapshot of {what} was written in checkpoint format "
                                       f"{handle.get('format')}; this build reads format {FORMAT}")
-            head = st.head(shard)
+            head = st.head(part)
             if head < gen:
-                raise CheckpointError(f"shard {shard}: Bytewax's snapshot names generation {gen} but the store's "
+                raise CheckpointError(f"{what}: Bytewax's snapshot names generation {gen} but the store's "
                                       f"newest is {head}; the LMDB files are older than the recovery partitions")
+            if part >= OWNER_PART:
+                # item buckets are restored whole before the flow starts: verified there, and
+                # their settings checked against the job's (checkpoint.restore_buckets)
+                m = st.manifest(part, gen)
+                if m is None:
+                    raise CheckpointError(f"{what}: generation {gen} has no manifest; the checkpoint cannot be "
+                                          "resumed. Restore the directory from a backup or start from an empty one")
+                check_bucket_meta(m.meta, part - OWNER_PART, gen, bucket_meta_of(cfg))
+                try:
+                    st.verify_generation(part, gen)
+                except CheckpointError as exc:
+                    raise CheckpointError(f"{exc}. Refusing to resume from it: the item side has no fallback "
+                                          "generation; restore the directory from a backup or start from an empty "
+                                          "one") from None
+                continue
             try:
                 m = st.manifest(shard, gen)
             except CheckpointError:

@@ -4,7 +4,7 @@
     recsys-stream backtest [DATA] [--model M] [--dim K] [--k 10] [--seed S] [--out DIR] ...
     recsys-stream replay DATA --brokers B --topic T [--rate R]               a file into Kafka
     recsys-stream tail --brokers B --topic T                                 print the lists
-    recsys-stream inspect DIR [--user U] [--json] [--digest]                 a checkpoint
+    recsys-stream inspect DIR [--user U] [--item I] [--counts] [--json] [--digest]  a checkpoint
     recsys-stream generate OUT [--events N] ...
 
 ``run`` and ``backtest`` take the same settings (``config``: flags > RECSYS_* environment >
@@ -111,7 +111,6 @@ def cmd_run(args) -> int:
     from bytewax.run import cli_main
 
     from . import plugins
-    from .ckdir import preflight
     from .config import RUN
     from .io.control import STOP
     from .io.kafka import KafkaSetupError
@@ -137,7 +136,6 @@ def cmd_run(args) -> int:
     build_job, recovery_config = plugins.flow("job"), plugins.flow("recovery")
     try:
         job = build_job(cfg, metrics)
-        preflight(cfg)  # a resume that would fail inside a worker fails here, in one line
     except (KafkaSetupError, CheckpointError, ValueError) as exc:
         raise CliError(str(exc)) from None
     log.info("starting", extra={"config": cfg.describe(), "shards": job.settings.n_shards})
@@ -160,6 +158,8 @@ def cmd_run(args) -> int:
         if isinstance(cause, (CheckpointError, KafkaSetupError)):
             raise CliError(str(cause)) from None
         raise
+    finally:
+        job.close()
     counts = metrics.accounting()
     log.info("stopped; messages consumed %d = applied %d + duplicate %d + replayed %d + filtered %d + invalid %d",
              counts["consumed"], counts["applied"], counts["duplicate"], counts["replayed"], counts["filtered"],
@@ -254,20 +254,39 @@ def cmd_inspect(args) -> int:
     from .storage import CheckpointError
 
     try:
-        info = describe(args.checkpoint_dir, user=args.user, with_digest=args.digest)
+        info = describe(args.checkpoint_dir, user=args.user, with_digest=args.digest, item=args.item,
+                        counts=args.counts)
     except CheckpointError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"{args.checkpoint_dir}: cannot read the checkpoint ({exc.strerror or exc})") from None
-    if args.json:
+    if args.counts:
+        print(dumps_line(info["counts"]))
+    elif args.json:
         print(dumps_line(info))
     else:
-        print(f"checkpoint {info['checkpoint_dir']}: model {info['model']}, {info['n_shards']} shard(s)")
+        print(f"checkpoint {info['checkpoint_dir']}: model {info['model']}, {info['n_shards']} shard(s), "
+              f"{info['n_buckets']} item bucket(s)")
         for shard, s in info["shards"].items():
             extra = "" if s["committed_generation"] == s["newest_generation"] else \
                 f" (newest written: {s['newest_generation']}, not committed by Bytewax)"
-            print(f"  shard {shard}: generation {s['committed_generation']}{extra}; "
-                  f"{s.get('users', 0):,} users, {s.get('items', 0):,} items")
+            print(f"  shard {shard}: generation {s['committed_generation']}{extra}; {s.get('users', 0):,} users")
+        for b, s in info["buckets"].items():
+            extra = "" if s["committed_generation"] == s["newest_generation"] else \
+                f" (newest written: {s['newest_generation']}, not committed by Bytewax)"
+            print(f"  item bucket {b}: generation {s['committed_generation']}{extra}; {s.get('items', 0):,} items")
+        if "item" in info:
+            it = info["item"]
+            if not it["known"]:
+                print(f"item {it['id']} (bucket {it['bucket']}): unknown")
+            else:
+                print(f"item {it['id']} (bucket {it['bucket']}): {it['events']:,} events, "
+                      f"{'active' if it['active'] else 'retired'}, log popularity {it['log_popularity']:.4f}")
+                for name, norm in it["norms"].items():
+                    print(f"  |{name}| = {norm:.6f}")
+                for key, nb in it.items():
+                    if key.startswith("neighbors."):
+                        print(f"  {key}: " + ", ".join(f"{j} ({c:g})" for j, c in nb[:10]))
         if "user" in info:
             u = info["user"]
             print(f"user {u['id']} (shard {u['shard']}, {'known' if u['known'] else 'unknown: popularity'}, "
@@ -343,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="what a checkpoint directory holds; --digest hashes the model state")
     ins.add_argument("checkpoint_dir")
     ins.add_argument("--user", help="show this user's vector norms and current list")
+    ins.add_argument("--item", help="show what this item's owner holds (events, popularity, norms, neighbours)")
+    ins.add_argument("--counts", action="store_true",
+                     help="print one JSON object: every user's and item's event count, as the owners hold them")
     ins.add_argument("--json", action="store_true", help="one JSON object")
     ins.add_argument("--digest", action="store_true",
                      help="print, as the last line, a stable hash of the model state at the committed generation")

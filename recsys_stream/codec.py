@@ -1,16 +1,24 @@
 """Rows of the user and item sides as checkpoint records (bytes), and back.
 
-- a user record (keyed by external id): every stored user row array's row, in name
-  order, then the user's history (u32 length, int32 item rows in order);
-- an item record (keyed by external id): its row number (u32), every stored item row
-  array's row, then for each neighbour pool (``state.NeighborPool``, in name order) u32 m
-  and the row's m neighbour rows (int32) and counts (float32);
+Item rows are process-local (``state.ItemIndex`` hands them out in order of first
+appearance, differently in every process and run), so a record never holds one: it names
+items by their 64-bit key (the hash of the id), and a restore maps keys back to rows.
+
+- a user record (keyed by external id): every stored user row array's row, in name order
+  (arrays of item rows, ``ArraySpec.items``, as uint64 keys, ``NO_ITEM`` for -1), then the
+  user's history (u32 length, uint64 item keys in order);
+- an item record (keyed by external id): the row it had in the writer's process (u32: a
+  restore of one process's state gives the same rows back, so row-dependent choices such
+  as sampled negatives replay exactly), every stored item row array's row, then for each
+  neighbour pool (``state.NeighborPool``, in name order) u32 m and the row's m neighbour
+  keys (uint64) and counts (float32);
 - a global record per stored global array (keyed by name); arrays over 64 KiB are cut in
   chunks of 4,096 entries, and when the spec names a chunk-dirty array only the chunks
   changed since the last checkpoint are written.
 
 The layout (names, dtypes, shapes) goes into every generation's manifest and is checked
-on restore, so a record is never read with another layout.
+on restore, so a record is never read with another layout. Two item ids with the same
+64-bit key (a chance of about n^2 / 2^65 for n items) would be one item to a restore.
 """
 
 from __future__ import annotations
@@ -24,45 +32,64 @@ from .state import GLOBAL, ROW, ItemState, StateArrays, UserState
 U32 = struct.Struct(">I")
 CHUNK = 4096
 SMALL_GLOBAL = 64 << 10
+NO_ITEM = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def layout(arrays: StateArrays, pools: dict | None = None) -> dict:
     out: dict = {"row": [], "global": []}
     for s in arrays.stored():
-        out[s.kind].append([s.name, s.dtype, list(s.tail)])
+        out[s.kind].append([s.name, s.dtype, list(s.tail)] + (["items"] if s.items else []))
     if pools:
         out["pools"] = [[name, pools[name].cap_max] for name in sorted(pools)]
     return out
 
 
 def row_size(spec) -> int:
-    return int(np.dtype(spec.dtype).itemsize * int(np.prod(spec.tail or (1,))))
+    dtype = np.uint64 if spec.items else spec.dtype
+    return int(np.dtype(dtype).itemsize * int(np.prod(spec.tail or (1,))))
+
+
+def _keys(index, rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows)
+    out = np.full(rows.shape, NO_ITEM, dtype=np.uint64)
+    ok = rows >= 0
+    out[ok] = index.key[rows[ok]]
+    return out
 
 
 # -- users --------------------------------------------------------------------------------
 
 
-def encode_user(users: UserState, row: int) -> bytes:
+def encode_user(users: UserState, row: int, index) -> bytes:
     a = users.arrays
-    parts = [a[s.name][row].tobytes() for s in a.stored(ROW)]
+    parts = []
+    for s in a.stored(ROW):
+        v = a[s.name][row]
+        parts.append((_keys(index, v) if s.items else v).tobytes())
     hist = users.items_of(row)
     parts.append(U32.pack(len(hist)))
-    parts.append(hist.astype(np.int32).tobytes())
+    parts.append(_keys(index, hist).tobytes())
     return b"".join(parts)
 
 
-def decode_user(users: UserState, payload: bytes) -> tuple[list, np.ndarray]:
-    """(row values in stored order, history item rows) of a user record."""
+def decode_user(users: UserState, payload: bytes, index) -> tuple[list, np.ndarray]:
+    """(row values in stored order, history item rows) of a user record; items the index
+    does not know are dropped from the history (and are -1 in item arrays)."""
     a = users.arrays
     values = []
     off = 0
     for s in a.stored(ROW):
         size = row_size(s)
-        values.append(np.frombuffer(payload[off : off + size], dtype=s.dtype).reshape(s.tail))
+        if s.items:
+            keys = np.frombuffer(payload[off : off + size], dtype=np.uint64)
+            values.append(index.rows_of_keys(keys).astype(s.dtype).reshape(s.tail))
+        else:
+            values.append(np.frombuffer(payload[off : off + size], dtype=s.dtype).reshape(s.tail))
         off += size
     (h,) = U32.unpack_from(payload, off)
     off += 4
-    return values, np.frombuffer(payload[off : off + 4 * h], dtype=np.int32)
+    hist = index.rows_of_keys(np.frombuffer(payload[off : off + 8 * h], dtype=np.uint64))
+    return values, hist[hist >= 0].astype(np.int32)
 
 
 # -- items --------------------------------------------------------------------------------
@@ -70,22 +97,18 @@ def decode_user(users: UserState, payload: bytes) -> tuple[list, np.ndarray]:
 
 def encode_item(items: ItemState, row: int) -> bytes:
     a = items.arrays
-    parts = [U32.pack(row)]
-    parts += [a[s.name][row].tobytes() for s in a.stored(ROW)]
+    parts = [U32.pack(row)] + [a[s.name][row].tobytes() for s in a.stored(ROW)]
+    index = items.index
     for name in sorted(items.pools):
         js, cs = items.pools[name].row(a, row)
-        parts += [U32.pack(len(js)), js.tobytes(), cs.tobytes()]
+        parts += [U32.pack(len(js)), _keys(index, js).tobytes(), cs.astype(np.float32).tobytes()]
     return b"".join(parts)
 
 
-def item_row_of(payload: bytes) -> int:
-    return U32.unpack_from(payload)[0]
-
-
-def decode_item_into(items: ItemState, payload: bytes) -> None:
-    """Copy an item record's values into its row (the row must exist)."""
+def decode_item_into(items: ItemState, row: int, payload: bytes) -> None:
+    """Copy an item record's values into ``row`` (which must exist; neighbours must be in
+    the index already: load every item's id before any item's values)."""
     a = items.arrays
-    row = item_row_of(payload)
     off = 4
     for s in a.stored(ROW):
         size = row_size(s)
@@ -94,26 +117,59 @@ def decode_item_into(items: ItemState, payload: bytes) -> None:
     for name in sorted(items.pools):
         (m,) = U32.unpack_from(payload, off)
         off += 4
-        js = np.frombuffer(payload[off : off + 4 * m], dtype=np.int32)
-        cs = np.frombuffer(payload[off + 4 * m : off + 8 * m], dtype=np.float32)
-        off += 8 * m
-        items.pools[name].set_row(a, len(items), row, js, cs)
+        keys = np.frombuffer(payload[off : off + 8 * m], dtype=np.uint64)
+        cs = np.frombuffer(payload[off + 8 * m : off + 12 * m], dtype=np.float32)
+        off += 12 * m
+        js = items.index.rows_of_keys(keys)
+        ok = js >= 0
+        items.pools[name].set_row(a, len(items), row, js[ok].astype(np.int32), cs[ok])
+
+
+def item_row_of(payload: bytes) -> int:
+    return U32.unpack_from(payload)[0]
+
+
+def neighbor_keys(payload: bytes, layout_item: dict) -> list:
+    """Per pool, the neighbour keys and counts of an item record (for digests)."""
+    off = 4 + sum(row_size(_Spec(d, t)) for _n, d, t, *_r in layout_item["row"])
+    out = []
+    for _name, _cap in layout_item.get("pools", []):
+        (m,) = U32.unpack_from(payload, off)
+        off += 4
+        keys = np.frombuffer(payload[off : off + 8 * m], dtype=np.uint64)
+        cs = np.frombuffer(payload[off + 8 * m : off + 12 * m], dtype=np.float32)
+        off += 12 * m
+        out.append((keys, cs))
+    return out
+
+
+class _Spec:
+    def __init__(self, dtype, tail, items=False):
+        self.dtype, self.tail, self.items = dtype, tuple(tail), items
 
 
 # -- globals ------------------------------------------------------------------------------
 
 
-def global_records(arrays: StateArrays) -> list[tuple[bytes, bytes]]:
-    """(name, payload) of every stored global array (changed chunks only, see above)."""
+def global_records(arrays: StateArrays, names=None) -> list[tuple[bytes, bytes]]:
+    """(name, payload) of every stored global array (changed chunks only, see above);
+    ``names``: only these (name -> chunks to write, None for every chunk)."""
     out = []
     for s in arrays.stored(GLOBAL):
+        if s.merge == "local" and names is not None:
+            continue
         arr = arrays[s.name]
+        if names is not None and s.name not in names:
+            continue
         if arr.nbytes <= SMALL_GLOBAL:
             out.append((s.name.encode(), arr.tobytes()))
             continue
-        dirty = arrays.arrays.get(s.dirty) if s.dirty else None
-        n_chunks = -(-len(arr) // CHUNK)
-        chunks = range(n_chunks) if dirty is None else np.flatnonzero(dirty[:n_chunks])
+        if names is not None and names[s.name] is not None:
+            chunks = sorted(names[s.name])
+        else:
+            dirty = arrays.arrays.get(s.dirty) if s.dirty else None
+            n_chunks = -(-len(arr) // CHUNK)
+            chunks = range(n_chunks) if dirty is None else np.flatnonzero(dirty[:n_chunks])
         for c in chunks:
             out.append((f"{s.name}#{int(c)}".encode(), arr[c * CHUNK : (c + 1) * CHUNK].tobytes()))
     return out

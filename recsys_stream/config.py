@@ -29,6 +29,9 @@ RUN, BACKTEST = "run", "backtest"
 BOTH = (RUN, BACKTEST)
 # the longest list a job computes: lists are arrays of (events x k) per batch
 MAX_K = 1000
+MAX_SHARDS = 4096  # user key groups (the checkpoint store numbers parts below 0x8000)
+MAX_BUCKETS = 4096  # item buckets (parts 0x8000 + bucket)
+KEY_GROUPS = 16  # default user key groups of a checkpointed job (its most workers after a rescale)
 SECRET_MARKERS = ("password", "secret", "key", "token", "credential", "jaas", "oauthbearer", "pem", "keytab")
 # model parameters with a flag of their own (``--dim`` is ``--param dim=...``)
 PARAM_FLAGS = {"dim": int, "lr": float, "reg": float, "negatives": int, "window": int, "recent": int,
@@ -61,9 +64,16 @@ class RunConfig:
                                     flag="--half-life", metavar="DAYS")
     rank: bool = setting(False, "ranking metrics for mf/ftrl too (slower)")
     workers: int = setting(1, "Bytewax worker threads in this process")
-    shards: int = setting(0, "user key groups (0: one per worker of the cluster); fixed for a checkpoint's life")
-    batch_size: int = setting(2000, "messages per poll (run) / events per source batch (backtest)",
-                              defaults={BACKTEST: 4096})
+    shards: int = setting(0, "user key groups (0: one per worker of the cluster, at least 16 with a checkpoint "
+                          "directory); fixed for a checkpoint's life")
+    item_buckets: int = setting(16, "item buckets, each with one owner of its items' values; fixed for a "
+                                "checkpoint's life")
+    sync_interval_s: float = setting(1.0, "a cluster of processes: owners publish changed item rows to the other "
+                                     "processes at most this often (the bound on staleness)", commands=(RUN,),
+                                     metavar="S")
+    batch_size: int = setting(2000, "messages per poll (run) / events per source batch (backtest; 0: 4096 shared "
+                              "by the workers, so a worker sees the others' item updates every 4096 events of the "
+                              "stream)", defaults={BACKTEST: 0})
     params: Mapping[str, Any] = field(default_factory=dict, metadata=opt("model parameter", flag="--param",
                                                                          metavar="KEY=VALUE"))
     # -- the generated stream (the embedded job; the backtest without DATA)
@@ -132,16 +142,23 @@ class RunConfig:
             raise ConfigError(f"model: unknown {self.model!r}; expected one of {', '.join(MODELS)}")
         if self.start not in ("earliest", "latest"):
             raise ConfigError(f"start: expected 'earliest' or 'latest', got {self.start!r}")
-        for name in ("k", "partitions", "replication", "workers", "batch_size", "recovery_partitions",
-                     "min_user_events", "gen_users", "gen_items"):
+        least = 0 if command == BACKTEST else 1
+        if self.batch_size < least:
+            raise ConfigError(f"batch_size: must be >= {least}, got {self.batch_size}")
+        for name in ("k", "partitions", "replication", "workers", "recovery_partitions",
+                     "min_user_events", "gen_users", "gen_items", "item_buckets"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.k > MAX_K:
             raise ConfigError(f"k: at most {MAX_K}, got {self.k}")
+        if self.shards > MAX_SHARDS:
+            raise ConfigError(f"shards: at most {MAX_SHARDS}, got {self.shards}")
+        if self.item_buckets > MAX_BUCKETS:
+            raise ConfigError(f"item_buckets: at most {MAX_BUCKETS}, got {self.item_buckets}")
         if command == BACKTEST and self.gen_events < 1:
             raise ConfigError(f"gen_events: must be >= 1, got {self.gen_events}")
         for name in ("shards", "gen_events", "max_rate", "rate", "refresh_interval_s", "dedupe_window_s",
-                     "max_lateness_s", "ttl_s", "metrics_port"):
+                     "max_lateness_s", "ttl_s", "metrics_port", "sync_interval_s"):
             v = getattr(self, name)
             if not (v >= 0 and (isinstance(v, int) or math.isfinite(v))):
                 raise ConfigError(f"{name}: must be a finite number >= 0, got {v}")
@@ -186,8 +203,19 @@ class RunConfig:
         """Total workers of the cluster: workers per process x processes."""
         return self.workers * max(len(self.address_list()), 1)
 
+    def source_batch(self) -> int:
+        """Events per source batch of a backtest (``batch_size``, or 4096 shared by the workers)."""
+        return self.batch_size or max(256, 4096 // max(self.workers, 1))
+
     def n_shards(self) -> int:
-        return self.shards or self.cluster_size()
+        """User key groups: ``--shards``, or one per worker of the cluster; with a
+        checkpoint directory (where the number is fixed for the checkpoint's life) at least
+        ``KEY_GROUPS``, so that a later start can rescale to that many workers."""
+        if self.shards:
+            return self.shards
+        if self.checkpoint_dir:
+            return max(KEY_GROUPS, self.cluster_size())
+        return self.cluster_size()
 
     def model_params(self):
         return MODELS[self.model].params_type().replace(**dict(self.params))

@@ -39,14 +39,19 @@ class EventFilter:
 
     def skip_applied(self, b: EventBatch) -> tuple[EventBatch, EventBatch | None]:
         """Split off events already applied; returns (new events, replayed events or None)."""
-        if not self.applied:
+        done = self.applied_mask(b)
+        if done is None:
             return b, None
+        return b.take(np.flatnonzero(~done)), b.take(np.flatnonzero(done))
+
+    def applied_mask(self, b: EventBatch) -> np.ndarray | None:
+        """Which events of ``b`` were applied already (None: none were)."""
+        if not self.applied:
+            return None
         done = np.zeros(len(b), dtype=bool)
         for part, top in self.applied.items():
             done |= (b.part == part) & (b.seq <= top)
-        if not done.any():
-            return b, None
-        return b.take(np.flatnonzero(~done)), b.take(np.flatnonzero(done))
+        return done if done.any() else None
 
     def mark_applied(self, b: EventBatch) -> None:
         for part in np.unique(b.part):
@@ -73,8 +78,17 @@ class EventFilter:
     def drop_duplicates(self, b: EventBatch) -> tuple[EventBatch, int]:
         """Remove events whose id was seen within the window (event time) before, or
         earlier in this batch; returns the rest and how many were dropped."""
-        if b.eid is None:
+        keep = self.unique_mask(b)
+        if keep is None:
             return b, 0
+        dropped = int(len(b) - keep.sum())
+        return (b if dropped == 0 else b.take(np.flatnonzero(keep))), dropped
+
+    def unique_mask(self, b: EventBatch) -> np.ndarray | None:
+        """Which events of ``b`` are not duplicates (None: ``b`` has no event ids); the
+        ids of the kept ones are remembered."""
+        if b.eid is None or len(b) == 0:
+            return None
         window = self.dedupe_window_s
         seen = self.recent_ids
         q = self.id_queue
@@ -91,17 +105,24 @@ class EventFilter:
         while q and q[0][0] < newest - window:
             _t, old = q.popleft()
             seen.pop(old, None)
-        dropped = int(len(b) - keep.sum())
-        return (b if dropped == 0 else b.take(np.flatnonzero(keep))), dropped
+        return keep
 
     # -- admission ----------------------------------------------------------------------
 
     def hold_back(self, b: EventBatch, unknown: list) -> tuple[EventBatch, int]:
         """Hold back the events of ``unknown`` users (no state anywhere) below
         ``min_user_events``; returns the events to process and how many were held."""
+        keep = self.admit_mask(b, unknown)
+        if keep is None:
+            return b, 0
+        held = int(len(b) - keep.sum())
+        return (b if held == 0 else b.take(np.flatnonzero(keep))), held
+
+    def admit_mask(self, b: EventBatch, unknown: list) -> np.ndarray | None:
+        """Which events of ``b`` are admitted (None: all are); see ``hold_back``."""
         need = self.min_user_events
         if need <= 1 or not unknown:
-            return b, 0
+            return None
         fresh = set(unknown)
         keep = np.ones(len(b), dtype=bool)
         counts = self.waiting
@@ -116,8 +137,7 @@ class EventFilter:
                 else:
                     counts.pop(u, None)
                     fresh.discard(u)  # admitted: this event and the next ones are learned
-        held = int(len(b) - keep.sum())
-        return (b if held == 0 else b.take(np.flatnonzero(keep))), held
+        return keep
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ class MetricsAccumulator:
     duplicates: int = 0  # events dropped as repeated ids
     filtered: int = 0  # events of users not admitted yet (frequency filter)
     busy_s: float = 0.0
+    staleness: list = field(default_factory=list)  # seconds from another worker's write to its arrival here
 
     def add(self, r) -> None:
         self.events += r.n
@@ -118,6 +119,8 @@ class MetricsAccumulator:
         if r.lists:
             self.lists += len(r.lists)
         self.busy_s += r.busy_s
+        if r.staleness is not None and len(r.staleness):
+            self.staleness.append(r.staleness)
 
     def _arrays(self):
         if not self.seq:
@@ -137,6 +140,10 @@ class MetricsAccumulator:
         out.update(summarize(pred, target, pos, self.k, self.rating, self.like))
         if (pos > -2).any() and self.item_first:
             out[f"coverage@{self.k}"] = len(self.rec_first) / len(self.item_first)
+        if self.staleness:
+            ages = np.concatenate(self.staleness)
+            out["item_staleness_ms"] = {"p50": round(float(np.quantile(ages, 0.5)) * 1e3, 3),
+                                        "p99": round(float(np.quantile(ages, 0.99)) * 1e3, 3), "n": int(len(ages))}
         return out
 
     def curves(self, window: int) -> list[dict]:

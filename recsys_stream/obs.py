@@ -88,6 +88,10 @@ class NullMetrics:
     def emit_latency(self, seconds: float) -> None:
         pass
 
+    def staleness(self, ages) -> None:
+        """Seconds from another worker's or process's write of item rows to their arrival
+        in this worker's replica."""
+
     def lag(self, topic: str, partition: int, messages: int) -> None:
         pass
 
@@ -112,6 +116,9 @@ class Metrics(NullMetrics):
         self._latency = Histogram("recsys_event_to_emit_seconds",
                                   "From the event entering the flow to its list being produced",
                                   buckets=LATENCY_BUCKETS, registry=r)
+        self._stale = Histogram("recsys_item_staleness_seconds",
+                                "From an item update's write by one worker to its arrival in another's replica",
+                                buckets=LATENCY_BUCKETS, registry=r)
         self._lag = Gauge("recsys_source_lag_messages", "High watermark minus the source position",
                           ["topic", "partition"], registry=r)
 
@@ -137,6 +144,10 @@ class Metrics(NullMetrics):
 
     def emit_latency(self, seconds):
         self._latency.observe(seconds)
+
+    def staleness(self, ages):
+        for a in ages:
+            self._stale.observe(float(a))
 
     def lag(self, topic, partition, messages):
         self._lag.labels(topic, str(partition)).set(messages)

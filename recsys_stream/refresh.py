@@ -83,13 +83,16 @@ class RefreshPolicy:
         if not self.pending:
             return None
         get = self.last_sent.get
-        return min(get(u, -math.inf) for u in self.pending) + self.interval_s
+        t = min(get(u, -math.inf) for u in self.pending) + self.interval_s
+        return t if math.isfinite(t) else 0.0  # a pending list with no send time is due now
 
     def snapshot(self, now: float) -> dict:
         """What a checkpoint keeps: the pending lists, and the send times that still
         throttle someone (older than the interval, they no longer do)."""
         iv = self.interval_s
-        return {"pending": dict(self.pending), "last_sent": {u: t for u, t in self.last_sent.items() if now - t < iv}}
+        pend = self.pending
+        return {"pending": dict(pend),
+                "last_sent": {u: t for u, t in self.last_sent.items() if now - t < iv or u in pend}}
 
     def restore(self, state: dict) -> None:
         self.pending = dict(state.get("pending", {}))

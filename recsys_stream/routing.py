@@ -111,3 +111,10 @@ class UserRouter:
         for j in np.flatnonzero(out < 0):
             out[j] = self.shard_of(users[j])
         return out
+
+
+@lru_cache(maxsize=64)
+def bucket_keys(n_buckets: int) -> tuple[str, ...]:
+    """State-key names of the item buckets' owners (placed by Bytewax's hash: with many
+    more buckets than workers, each worker owns about as many)."""
+    return tuple(f"items-{b}-of-{n_buckets}" for b in range(n_buckets))

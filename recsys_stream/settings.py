@@ -16,6 +16,7 @@ class CheckpointSettings:
     path: str  # the LMDB environment's directory
     map_gb: float = RunConfig.checkpoint_map_gb  # LMDB map size (the file grows only as used)
     fallback: bool = False  # resume from the newest intact older generation if the named one is unusable
+    root: str = ""  # the checkpoint directory (its recovery/ holds Bytewax's store): item buckets restore from it
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class FlowSettings:
 
     shard: ShardSettings = ShardSettings()
     n_shards: int = 1  # key groups of users; fixed for the life of a checkpoint
+    n_buckets: int = RunConfig.item_buckets  # owners' buckets of items; fixed for the life of a checkpoint
+    processes: int = 1  # of the Bytewax cluster
+    workers: int = 1  # per process
+    process_id: int = 0
+    value_range: tuple | None = None  # ratings outside it are dead letters (the model's range)
     flow_id: str = "recsys"
     # None: lists as ShardSettings.lists says (backtests); a number: the refresh policy
     refresh_interval_s: float | None = None
@@ -33,6 +39,8 @@ class FlowSettings:
     def __post_init__(self):
         if self.n_shards < 1:
             raise ValueError(f"n_shards must be >= 1, got {self.n_shards}")
+        if self.n_buckets < 1:
+            raise ValueError(f"n_buckets must be >= 1, got {self.n_buckets}")
         if self.shard.ttl_s > 0 and self.checkpoint is None:
             raise ValueError("a TTL needs a checkpoint directory: expired users are kept there")
 

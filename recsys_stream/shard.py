@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -21,7 +22,6 @@ from .config import RunConfig as _D
 from .eventfilter import EventFilter
 from .events import EventBatch
 from .features import FeatureStore, fill_rows
-from .kernels.common import mix64
 from .kernels.driver import prequential
 from collections import namedtuple
 
@@ -102,6 +102,7 @@ class ShardResult:
     duplicates: int = 0
     filtered: int = 0  # events of users not admitted yet (frequency filter)
     busy_s: float = 0.0
+    staleness: np.ndarray | None = None  # seconds since each bucket's values last reached the replica
 
     @classmethod
     def empty(cls, shard: int, lists: list | None = None, users: int = 0, items: int = 0) -> "ShardResult":
@@ -129,34 +130,124 @@ def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return occ, occ == 0, last
 
 
-def user_stream_seed(seed: int, index: int) -> int:
-    """The shard's random stream starts from its seed and index (SplitMix64)."""
-    return int(mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + np.uint64(index)))
+def mix64(z: int) -> int:
+    """SplitMix64's finaliser (``kernels.common.mix64``) in plain Python: calling the jitted
+    one from Python costs a dispatch (and a first-call compile) per call."""
+    m = 0xFFFFFFFFFFFFFFFF
+    z &= m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+@dataclass
+class Group:
+    """What a key group keeps besides its users' rows: which events it applied, its users
+    count, its refresh policy's state, and where it is checkpointed."""
+
+    index: int
+    filter: EventFilter
+    total: int = 0  # distinct users of the group met (in memory or stored)
+    policy: object = None  # refresh.RefreshPolicy of the job, or None
+    checkpointer: object = None  # checkpoint.Checkpointer of the group's part
+
+
+def group_runs(G: np.ndarray):
+    """(group, indices of its events in order) per group of ``G``: one stable sort."""
+    if len(G) and (G == G[0]).all():
+        yield int(G[0]), np.arange(len(G))
+        return
+    order = np.argsort(G, kind="stable")
+    sg = G[order]
+    cuts = np.flatnonzero(np.diff(sg)) + 1
+    for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(sg)]))):
+        yield int(sg[lo]), order[lo:hi]
 
 
 class Shard:
-    """State and logic of one shard (see module docstring)."""
+    """The users of one or more key groups and the prequential step over their events
+    (see module docstring).
+
+    A shard made for one key group (``groups=None``) holds the users of group ``index``.
+    A worker's shard (``groups=n``, the job's number of key groups) holds the users of
+    every group the worker owns in one ``UserState``, each user's row tagged with its
+    group: the kernel then runs once per batch over the worker's events in their order,
+    so the result does not depend on how many key groups there are, and each group is
+    still checkpointed (and moves at a rescale) on its own (``Group``)."""
 
     def __init__(self, index: int, settings: ShardSettings, features: FeatureStore | None = None,
-                 items: ItemState | None = None):
+                 items: ItemState | None = None, groups: int | None = None):
         self.index = index
         self.settings = settings
         self.features = features
         self.model = settings.make_model()
-        self.checkpointer = None  # set when the shard is backed by a checkpoint store
         self.own_items = items is None
         self._items = items
+        self.router = None
+        self.new_policy = None  # makes a new group's refresh policy (the flow's), if any
+        if groups is not None:
+            from .routing import UserRouter
+
+            self.router = UserRouter(groups)
         self.reset()
 
     def reset(self) -> None:
         """Empty state (a new shard, or before restoring an older generation)."""
         s = self.settings
-        self.users = UserState(self.model.user_specs(), s.recent, user_stream_seed(s.seed, self.index))
+        self.users = UserState(self.model.user_specs(), s.recent, s.seed)
         if self.own_items:
             self.items = ItemState(self.model.item_specs(), s.half_life_days, s.seed, self.model.item_pools())
         else:
             self.items = self._items
-        self.filter = EventFilter(s.dedupe_window_s, s.min_user_events)
+        old = getattr(self, "groups", {})
+        self.groups: dict[int, Group] = {}
+        for g, grp in old.items():  # a reset keeps the groups' checkpointers and policies
+            self.group(g).checkpointer = grp.checkpointer
+            self.groups[g].policy = grp.policy
+        self.group(self.index)
+
+    def group(self, g: int) -> Group:
+        grp = self.groups.get(g)
+        if grp is None:
+            s = self.settings
+            grp = self.groups[g] = Group(g, EventFilter(s.dedupe_window_s, s.min_user_events))
+            if self.new_policy is not None:
+                grp.policy = self.new_policy()
+        return grp
+
+    @property
+    def filter(self) -> EventFilter:
+        """The event filter of the shard's own group (a shard of one group)."""
+        return self.group(self.index).filter
+
+    @property
+    def checkpointer(self):
+        return self.group(self.index).checkpointer
+
+    @checkpointer.setter
+    def checkpointer(self, ck) -> None:
+        self.group(self.index).checkpointer = ck
+
+    def groups_of(self, users: np.ndarray) -> np.ndarray:
+        """The key group of each user."""
+        if self.router is None:
+            return np.full(len(users), self.index, dtype=np.int32)
+        return self.router.shards(users).astype(np.int32)
+
+    def group_of(self, user: str) -> int:
+        return self.index if self.router is None else self.router.shard_of(user)
+
+    def total_users(self) -> int:
+        return sum(g.total for g in self.groups.values())
+
+    def drop_group(self, g: int) -> None:
+        """Forget the users of group ``g`` held in memory (before restoring it again)."""
+        n = len(self.users)
+        a = self.users.arrays
+        live = np.fromiter((x is not None for x in self.users.ids.ids), dtype=bool, count=n)
+        rows = np.flatnonzero(live & (a["group"][:n] == g))
+        a["dirty"][rows] = 0
+        self.users.evict(rows)
 
     def meta(self) -> dict:
         """The settings a checkpoint of this shard records and checks on restore."""
@@ -164,17 +255,93 @@ class Shard:
         return {"model": s.model, "params": s.params.as_dict(), "seed": s.seed, "recent": s.recent,
                 "half_life_days": s.half_life_days if s.half_life_days != float("inf") else "inf"}
 
+    # -- before the step: which events are applied ----------------------------------
+
+    def select(self, b: EventBatch, G: np.ndarray | None = None):
+        """Split off what the key groups' filters say is not to be applied: events applied
+        before a restore (replayed), duplicates, events of users not admitted yet.
+        Returns (events to apply, their groups, replayed events or None, duplicates, held
+        back, gaps); gaps: (group, partition, first position received, last applied)."""
+        if G is None:
+            G = self.groups_of(b.user)
+        keep = np.ones(len(b), dtype=bool)
+        replayed = np.zeros(len(b), dtype=bool)
+        gaps = []
+        for g, idx in group_runs(G):
+            f = self.group(g).filter
+            sub = b if len(idx) == len(b) else b.take(idx)
+            done = f.applied_mask(sub)
+            if done is not None:
+                replayed[idx[done]] = True
+                keep[idx[done]] = False
+            live = idx[keep[idx]]
+            sub = sub if len(live) == len(idx) else b.take(live)
+            gaps += [(g, part, first, top) for part, first, top in f.gap(sub)]
+            uniq = f.unique_mask(sub)
+            if uniq is not None:
+                keep[live[~uniq]] = False
+        dups = int(len(b) - keep.sum() - replayed.sum())
+        b2 = b if keep.all() else b.take(np.flatnonzero(keep))
+        G2 = G if keep.all() else G[keep]
+        b2, G2, held = self.admit(b2, G2)
+        rep = b.take(np.flatnonzero(replayed)) if replayed.any() else None
+        return b2, G2, rep, dups, held, gaps
+
+    def admit(self, b: EventBatch, G: np.ndarray | None = None) -> tuple:
+        """Bring back stored users of the batch that are not in memory, and hold back the
+        events of users below ``min_user_events`` (they are counted; the user gets state at
+        their Nth event). Returns (the events to process, their groups, how many were held
+        back); a shard of one group called without ``G`` returns (events, held back)."""
+        single = G is None
+        if single:
+            G = self.groups_of(b.user)
+        index = self.users.ids.index
+        known = np.fromiter(map(index.get, b.user, repeat(-1)), dtype=np.int64, count=len(b))
+        miss = known < 0
+        if not miss.any():
+            return (b, 0) if single else (b, G, 0)
+        unknown = list(dict.fromkeys(b.user[miss].tolist()))
+        keep = np.ones(len(b), dtype=bool)
+        by_group: dict = {}
+        for u in unknown:
+            by_group.setdefault(self.group_of(u), []).append(u)
+        for g, users in by_group.items():
+            grp = self.group(g)
+            if grp.checkpointer is not None:
+                found = grp.checkpointer.load_users(users)
+                users = [u for u in users if u not in found]
+                if not users:
+                    continue
+            sel = np.flatnonzero(G == g)
+            m = grp.filter.admit_mask(b.take(sel), users)
+            if m is not None:
+                keep[sel[~m]] = False
+        held = int(len(b) - keep.sum())
+        if held:
+            b, G = b.take(np.flatnonzero(keep)), G[keep]
+        return (b, held) if single else (b, G, held)
+
     # -- the step -----------------------------------------------------------------
 
-    def process(self, b: EventBatch, want: np.ndarray | None = None) -> ShardResult:
+    def process(self, b: EventBatch, want: np.ndarray | None = None, G: np.ndarray | None = None) -> ShardResult:
         """Evaluate-then-learn every event of ``b`` in order. Lists are computed for the
-        events ``want`` marks (default: per ``settings.lists`` and ``settings.watch``)."""
+        events ``want`` marks (default: per ``settings.lists`` and ``settings.watch``).
+        ``G``: the events' key groups (a shard of one group: its own)."""
         s = self.settings
         k = s.k
         n = len(b)
+        if G is None:
+            G = self.groups_of(b.user)
         U = self.users.rows(b.user)
+        ua = self.users.arrays
+        new = self.users.ids.new_rows
+        ua["group"][U] = G
+        if new:
+            gs, counts = np.unique(ua["group"][np.array(new)], return_counts=True)
+            for g, c in zip(gs.tolist(), counts.tolist()):
+                self.group(g).total += c
         I, first_new_item = self.items.rows(b.item)
-        self.users.arrays["last_ts"][U] = b.ts  # the last write per user is their latest event
+        ua["last_ts"][U] = b.ts  # the last write per user is their latest event
         self.users.reserve(U)
         if self.model.uses_features:
             self._fill_features(U, I)
@@ -191,7 +358,7 @@ class Shard:
         if want is not None:
             F[want] |= WANT_LIST
         out = outputs(n, k)
-        uev_before = self.users.arrays["uev"][U]
+        uev_before = ua["uev"][U]
         t0 = time.perf_counter()
         status = self._run(Events(U, I, b.value, labels, b.ts, b.etype, F, b.ctx_ptr, b.ctx_hash), out)
         busy = time.perf_counter() - t0
@@ -206,14 +373,15 @@ class Shard:
             ids = self.items.ids.ids
             new_items = [(ids[r], int(b.seq[e])) for r, e in zip(rows[sel], first[sel])]
         new_recs = self._new_recs(F, out.topk, b.seq, k) if s.evaluate else []
-        self.filter.mark_applied(b)
+        for g, idx in group_runs(G):
+            self.group(g).filter.mark_applied(b if len(idx) == n else b.take(idx))
         lists = None
         if want is not None:
             sel = np.flatnonzero(want)
             versions = uev_before[sel] + occurrence(U)[0][sel] + 1
             lists = self._records(sel, b, out, versions)
         return ShardResult(shard=self.index, n=n, seq=b.seq, pred=out.pred, target=target, pos=out.pos,
-                           new_items=new_items, new_recs=new_recs, users=self.users.total, items=len(self.items),
+                           new_items=new_items, new_recs=new_recs, users=self.total_users(), items=len(self.items),
                            lists=lists, busy_s=busy)
 
     def _run(self, batch: "Events", out: Outputs) -> int:
@@ -225,6 +393,7 @@ class Shard:
         n = len(batch.U)
         while True:
             self.model.reserve(self.users, self.items, n - start)
+            self.items.reserve_log(n - start, self.model.log_entries(n - start))
             m = self.model.kernel_state(self.users, self.items, k)
             sc = scratch.scratch(self.items.arrays.cap, k)
             part = batch if start == 0 else Events(*(a[start:] for a in batch[:7]), batch.ctx_ptr[start:], batch.ctx_hash)
@@ -237,26 +406,13 @@ class Shard:
             start += -status - 2
             self.model.grow(self.users, self.items)
 
-    def admit(self, b: EventBatch) -> tuple[EventBatch, int]:
-        """Before ``process``: bring back stored users of the batch that are not in memory,
-        and hold back the events of users below ``min_user_events`` (they are counted; the
-        user gets state at their Nth event). Returns the events to process and how many
-        were held back."""
-        index = self.users.ids.index
-        unknown = list(dict.fromkeys(u for u in b.user if u not in index))
-        if not unknown:
-            return b, 0
-        if self.checkpointer is not None:
-            found = self.checkpointer.load_users(unknown)
-            unknown = [u for u in unknown if u not in found]
-        return self.filter.hold_back(b, unknown)
-
     def recommend(self, user: str) -> dict:
         """The user's current list, read only (an unknown user gets the popularity list)."""
         k = self.settings.k
         row = self.users.ids.get(user)
-        if row < 0 and self.checkpointer is not None:
-            if user in self.checkpointer.load_users([user]):
+        ck = self.group(self.group_of(user)).checkpointer
+        if row < 0 and ck is not None:
+            if user in ck.load_users([user]):
                 row = self.users.ids.get(user)
         uev = int(self.users.arrays["uev"][row]) if row >= 0 else 0
         if len(self.items) == 0:
@@ -315,20 +471,16 @@ class Shard:
             fill_rows(self.features, [self.items.ids.ids[r] for r in new_i], new_i, ia["feat.i"], ni, "item")
 
     def _new_recs(self, F: np.ndarray, topk: np.ndarray, seq: np.ndarray, k: int) -> list:
-        ranked = np.flatnonzero(F & RANK)
-        if not len(ranked):
+        from .kernels.core import mark_first_recs
+
+        m = topk.size
+        rows, seqs = np.empty(m, np.int64), np.empty(m, np.int64)
+        c = mark_first_recs(F, RANK, topk, np.ascontiguousarray(seq, dtype=np.int64),
+                            self.items.arrays["book.first_rec"], rows, seqs)
+        if not c:
             return []
-        flat = topk[ranked].ravel()
-        rows, first = np.unique(flat, return_index=True)
-        keep = rows >= 0
-        rows, first = rows[keep], first[keep]
-        fr = self.items.arrays["book.first_rec"]
-        new = fr[rows] < 0
-        rows, first = rows[new], first[new]
-        ev = ranked[first // k]
-        fr[rows] = seq[ev]
         ids = self.items.ids.ids
-        return [(ids[r], int(q)) for r, q in zip(rows, seq[ev])]
+        return [(ids[r], q) for r, q in zip(rows[:c].tolist(), seqs[:c].tolist())]
 
     def _records(self, sel, b: EventBatch, out: Outputs, versions) -> list:
         """The list records (the recommendations topic's values) of events ``sel``."""

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import heapq
 import math
+import threading
 from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
 
 from .events import stable_hash64
-from .kernels.common import mix64
 from .kernels.history import history_compact, history_move, history_relocations
-from .kernels.init import init_item_rows
+from .kernels.init import init_item_rows, init_user_rng
 from .kernels.layout import ItemK, UserK
 from .kernels.neighbors import FIRST_CAP, nb_compact
 from .kernels.pairset import pairset_add_many, pairset_grow, pairset_new, pairset_rebuild_without
-from .kernels.popularity import pop_resort
+from .kernels.popularity import pop_refresh, pop_resort
 
 ROW, GLOBAL = "row", "global"
 
@@ -44,6 +44,13 @@ class ArraySpec:
     stored: bool = True  # False: derived, scratch or bookkeeping; never checkpointed
     dirty: str = ""  # GLOBAL: the uint8 array marking which chunks changed (checkpoints write only those)
     init_std: float = 0.0  # item ROW arrays: > 0 draws a new row from N(0, std^2) seeded by the item id
+    # item side shared by workers and processes (``items``): how an owner merges the array.
+    # "add": replicas send their changes as differences, which owners add up; "log": the
+    # kernels log their increments (popularity), which owners replay; "owner": only the
+    # owner writes it (the catalog); "derived": owners recompute it from the rest;
+    # "local": each state keeps its own (never sent)
+    merge: str = "add"
+    items: bool = False  # the values are item rows (checkpoints store them as item keys)
 
 
 class StateArrays:
@@ -110,6 +117,7 @@ class IdMap:
         self.ids: list = []  # row -> id, None for a free row
         self.free: list[int] = []  # freed rows, a min-heap (the lowest is reused first)
         self.created = 0  # ids first met by ``rows`` (not re-added from a checkpoint)
+        self.new_rows: list[int] = []  # rows the last call of ``rows`` created
 
     def __len__(self) -> int:
         """Rows in use or freed: the extent the arrays must cover."""
@@ -124,6 +132,7 @@ class IdMap:
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
         """Rows of ``ids``, creating rows for new ids in order; returns (rows, first new row)."""
         first_new = len(self.ids)
+        self.new_rows = []
         out = np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
         missing = np.flatnonzero(out < 0)
         if len(missing):
@@ -134,6 +143,7 @@ class IdMap:
                 if r is None:
                     r = self.add(x)
                     self.created += 1
+                    self.new_rows.append(r)
                 out[j] = r
         return out, first_new
 
@@ -220,6 +230,20 @@ class NeighborPool:
         self.pj = np.zeros(capacity, dtype=np.int32)
         self.pc = np.zeros(capacity, dtype=np.float32)
         self.used = np.zeros(1, dtype=np.int64)
+        # the kernels' log of increments, when the item side is shared (``items``)
+        self.lg_i = np.zeros(0, dtype=np.int32)
+        self.lg_j = np.zeros(0, dtype=np.int32)
+        self.lg_w = np.zeros(0, dtype=np.float64)
+        self.lg_n = np.zeros(1, dtype=np.int64)
+
+    def reserve_log(self, entries: int) -> None:
+        if len(self.lg_i) < int(self.lg_n[0]) + entries:
+            k = int(self.lg_n[0])
+            size = max(1024, 2 * (k + entries))
+            for name, dt in (("lg_i", np.int32), ("lg_j", np.int32), ("lg_w", np.float64)):
+                new = np.zeros(size, dtype=dt)
+                new[:k] = getattr(self, name)[:k]
+                setattr(self, name, new)
 
     @property
     def is_dense(self) -> bool:
@@ -300,8 +324,9 @@ class NeighborPool:
 def user_core_specs(recent: int) -> list[ArraySpec]:
     return [
         ArraySpec("uev", ROW, (), "int64"),
-        ArraySpec("recent", ROW, (recent,), "int32", fill=-1),
-        ArraySpec("rng", GLOBAL, (1,), "uint64"),
+        ArraySpec("recent", ROW, (recent,), "int32", fill=-1, items=True),
+        ArraySpec("rng", ROW, (), "uint64"),  # the user's own random stream (kernels.init.init_user_rng)
+        ArraySpec("group", ROW, (), "int32", stored=False),  # the user's key group (its checkpoint part)
         # the history's layout in its pool and the changed rows: rebuilt, not stored
         ArraySpec("hist.off", ROW, (), "int64", stored=False),
         ArraySpec("hist.len", ROW, (), "int64", stored=False),
@@ -313,10 +338,11 @@ def user_core_specs(recent: int) -> list[ArraySpec]:
 
 def item_core_specs() -> list[ArraySpec]:
     return [
-        ArraySpec("active", ROW, (), "uint8", fill=1),
-        ArraySpec("pop", ROW, (), "float64", fill=-np.inf),  # log of the decayed mass (kernels.popularity)
-        ArraySpec("plin", ROW, (), "float64", stored=False),  # its linear copy (kernels.popularity)
-        ArraySpec("pop_meta", GLOBAL, (2,), "float64"),  # [rate (from the half-life), plin's reference]
+        ArraySpec("active", ROW, (), "uint8", fill=1, merge="owner"),
+        # log of the decayed mass (kernels.popularity), and its linear copy
+        ArraySpec("pop", ROW, (), "float64", fill=-np.inf, merge="log"),
+        ArraySpec("plin", ROW, (), "float64", stored=False),
+        ArraySpec("pop_meta", GLOBAL, (2,), "float64", merge="local"),  # [rate (from the half-life), plin's reference]
         ArraySpec("iev", ROW, (), "int64"),
         # derived: the catalog extent, the popularity order, the id hashes, the seed
         ArraySpec("n", GLOBAL, (1,), "int64", stored=False),
@@ -333,22 +359,29 @@ def item_core_specs() -> list[ArraySpec]:
 class UserState:
     """The user side of a shard (see the module docstring)."""
 
-    def __init__(self, specs: list[ArraySpec], recent: int, rng_state: int):
+    def __init__(self, specs: list[ArraySpec], recent: int, seed: int):
         self.ids = IdMap()
         self.arrays = StateArrays(user_core_specs(max(recent, 1)) + list(specs))
         self.seen = PairSet()
         self.history = History()
-        self.arrays["rng"][0] = np.uint64(rng_state & 0xFFFFFFFFFFFFFFFF)
+        self.seed = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
         self.total = 0  # distinct users met (in memory or stored)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``ids``; new users (``ids.new_rows``) get rows with their own random
+        stream."""
         created = self.ids.created
         U, _ = self.ids.rows(ids)
         self.total += self.ids.created - created
         self.arrays.ensure(len(self.ids))
+        new = self.ids.new_rows
+        if new:
+            names = self.ids.ids
+            keys = np.fromiter((stable_hash64(names[r]) for r in new), dtype=np.uint64, count=len(new))
+            init_user_rng(self.arrays["rng"], np.array(new, dtype=np.int64), keys, self.seed)
         return U
 
     def reserve(self, U: np.ndarray) -> None:
@@ -399,15 +432,103 @@ class UserState:
         self.arrays.clear_rows(rows)
 
 
+def _mix64(z: int) -> int:
+    m = 0xFFFFFFFFFFFFFFFF
+    z &= m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
 def _rate(half_life_days: float) -> float:
     return 0.0 if math.isinf(half_life_days) else math.log(2.0) / (half_life_days * 86400.0)
 
 
-class ItemState:
-    """The item side (see the module docstring)."""
+class ItemIndex:
+    """External item ids <-> rows, shared by every item state of a process (the workers'
+    replicas and the owners' store, ``items``), so an item has one row everywhere in the
+    process and the states can exchange rows without ids. Also each row's id hash
+    (``key``: it seeds the row's initial values and its owner bucket ``key % n_buckets``)."""
 
-    def __init__(self, specs: list[ArraySpec], half_life_days: float, seed: int, pools: dict | None = None):
+    def __init__(self, n_buckets: int = 1):
+        if n_buckets < 1:
+            raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
         self.ids = IdMap()
+        self.n_buckets = n_buckets
+        self.by_key: dict[int, int] = {}
+        self.key = np.zeros(1024, dtype=np.uint64)
+        self.bucket = np.zeros(1024, dtype=np.int32)
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids) -> tuple[np.ndarray, int]:
+        with self.lock:
+            first = len(self.ids)
+            rows, _ = self.ids.rows(ids)
+            self._grow(first)
+        return rows, first
+
+    def add(self, ext: str) -> int:
+        with self.lock:
+            first = len(self.ids)
+            row = self.ids.add(ext)
+            self._grow(first)
+        return row
+
+    def place(self, pairs: list[tuple[str, int]]) -> bool:
+        """Give ids the rows they had when written (a restore of one process's state, so
+        row-dependent choices replay exactly); False, placing nothing, when that is not
+        possible (rows taken, or written by several processes)."""
+        with self.lock:
+            if len(self.ids) or len({r for _e, r in pairs}) != len(pairs):
+                return False
+            n = max((r for _e, r in pairs), default=-1) + 1
+            ids: list = [None] * n
+            for ext, r in pairs:
+                ids[r] = ext
+            if any(x is None for x in ids):
+                return False
+            for ext in ids:
+                self.ids.add(ext)
+            self._grow(0)
+            return True
+
+    def _grow(self, first: int) -> None:
+        last = len(self.ids)
+        if last == first:
+            return
+        if last > len(self.key):
+            size = len(self.key)
+            while size < last:
+                size *= 2
+            key = np.zeros(size, dtype=np.uint64)
+            key[:first] = self.key[:first]
+            bucket = np.zeros(size, dtype=np.int32)
+            bucket[:first] = self.bucket[:first]
+            self.key, self.bucket = key, bucket
+        ids = self.ids.ids
+        self.key[first:last] = np.fromiter((stable_hash64(ids[r]) for r in range(first, last)), dtype=np.uint64,
+                                           count=last - first)
+        self.bucket[first:last] = (self.key[first:last] % np.uint64(self.n_buckets)).astype(np.int32)
+        by_key = self.by_key
+        for r, k in zip(range(first, last), self.key[first:last].tolist()):
+            by_key.setdefault(k, r)
+
+    def rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of item keys (-1 for a key no row has)."""
+        get = self.by_key.get
+        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+
+
+class ItemState:
+    """The item side (see the module docstring): arrays over the rows of an ``ItemIndex``
+    (its own, or one shared by several states of a process)."""
+
+    def __init__(self, specs: list[ArraySpec], half_life_days: float, seed: int, pools: dict | None = None,
+                 index: ItemIndex | None = None):
+        self.index = index if index is not None else ItemIndex()
         self.pools: dict[str, NeighborPool] = {}
         for name, (cap_max, dense_limit) in (pools or {}).items():
             self.pools[name] = NeighborPool(name, cap_max, dense_limit)
@@ -417,43 +538,79 @@ class ItemState:
             pool.fit(self.arrays, 0)
         self.arrays["pop_meta"][0] = _rate(half_life_days)
         self.arrays["pop_meta"][1] = -np.inf
-        self.arrays["seed"][0] = np.uint64(mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)))
+        self.arrays["seed"][0] = np.uint64(_mix64(seed))
+        self.created = 0  # rows of the index this state has initialised
+        self.logging = False  # log increments for owners (``items.Replica``)
+        self.on_rows = None  # called with (first, last) when rows are created
+        self.plog_i = np.zeros(0, dtype=np.int32)
+        self.plog_x = np.zeros(0, dtype=np.float64)
+        self.plog_n = np.zeros(1, dtype=np.int64)
+        self.sync()
+
+    def start_log(self) -> None:
+        self.logging = True
+
+    def reserve_log(self, n_events: int, pair_entries: int) -> None:
+        """Room in the increment logs for a batch (nothing when not logging)."""
+        if not self.logging:
+            return
+        k = int(self.plog_n[0])
+        if len(self.plog_i) < k + n_events:
+            size = max(1024, 2 * (k + n_events))
+            i, x = np.zeros(size, np.int32), np.zeros(size)
+            i[:k], x[:k] = self.plog_i[:k], self.plog_x[:k]
+            self.plog_i, self.plog_x = i, x
+        for pool in self.pools.values():
+            pool.reserve_log(pair_entries)
+
+    def refresh_pop(self, rows: np.ndarray) -> None:
+        """After ``pop`` of ``rows`` changed from outside (a publication): the linear copy
+        and the order."""
+        a = self.arrays
+        pop_refresh(a["pop"], a["plin"], a["pop_meta"], self.n, a["pop.order"], a["pop.rank"],
+                    np.ascontiguousarray(rows, dtype=np.int64))
+
+    @property
+    def ids(self) -> IdMap:
+        return self.index.ids
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.created
 
     @property
     def n(self) -> int:
-        """The catalog extent: rows below it are items the stream has seen."""
+        """The catalog extent: rows below it are items this state has seen."""
         return int(self.arrays["n"][0])
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
-        I, first_new = self.ids.rows(ids)
-        if len(self.ids) > first_new:
-            self._new_rows(first_new)
+        """Rows of ``ids`` (created in the index if new); returns (rows, the index's first
+        row created by this call)."""
+        I, first_new = self.index.rows(ids)
+        self.sync()
         return I, first_new
 
     def add(self, ext: str) -> int:
-        n = len(self.ids)
-        row = self.ids.add(ext)
-        if len(self.ids) > n:
-            self._new_rows(n)
+        row = self.index.add(ext)
+        self.sync()
         return row
 
-    def _new_rows(self, first: int) -> None:
+    def sync(self) -> None:
+        """Cover every row of the index (rows another state created: initial values)."""
+        first, last = self.created, len(self.index)
+        if last == first:
+            return
         a = self.arrays
-        a.ensure(len(self.ids))
+        a.ensure(last)
         for pool in self.pools.values():
-            pool.fit(a, len(self.ids))
+            pool.fit(a, last)
         key = a["key"]
-        ids = self.ids.ids
-        last = len(ids)
-        key[first:last] = np.fromiter((stable_hash64(ids[r]) for r in range(first, last)), dtype=np.uint64,
-                                      count=last - first)
+        key[first:last] = self.index.key[first:last]
         for s in a.specs.values():
             if s.init_std > 0:
                 init_item_rows(a[s.name], first, last, key, a["seed"][0], s.init_std)
-
+        self.created = last
+        if self.on_rows is not None:
+            self.on_rows(first, last)
     def extend(self, row: int) -> None:
         """Make ``row`` part of the catalog (as ``kernels.core.extend_catalog``)."""
         a = self.arrays
@@ -471,5 +628,4 @@ class ItemState:
     def kernel(self) -> ItemK:
         a = self.arrays
         return ItemK(a["n"], a["active"], a["pop"], a["plin"], a["pop_meta"], a["pop.order"], a["pop.rank"], a["iev"],
-                     a["dirty"],
-                     a["key"], a["seed"])
+                     a["dirty"], a["key"], a["seed"], self.plog_i, self.plog_x, self.plog_n)

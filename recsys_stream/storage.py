@@ -48,7 +48,7 @@ from typing import Iterator
 import lmdb
 import orjson
 
-FORMAT = 3
+FORMAT = 4
 # Entities longer than this (bytes) are keyed by their digest (see "Long entities").
 MAX_PLAIN_ENTITY = 256
 LONG = 0x8000
@@ -99,6 +99,14 @@ def crc_of(value: bytes) -> int:
 
 def is_long(entity: bytes) -> bool:
     return len(entity) > MAX_PLAIN_ENTITY
+
+
+BUCKET_PART = 0x8000  # parts from here on are item buckets (``checkpoint.OWNER_PART``)
+
+
+def part_name(part: int) -> str:
+    """A part as users read it: a user shard, or an item bucket."""
+    return f"item bucket {part - BUCKET_PART}" if part >= BUCKET_PART else f"shard {part}"
 
 
 def entity_key(entity: bytes) -> bytes:
@@ -247,7 +255,7 @@ class Store:
             v = txn.get(version_key(shard, MANIFEST, b"", gen))
         if v is None:
             return None
-        return Manifest.from_bytes(decode(v, f"shard {shard} manifest of generation {gen}"))
+        return Manifest.from_bytes(decode(v, f"{part_name(shard)} manifest of generation {gen}"))
 
     def latest(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> tuple[int, bytes] | None:
         """(generation, raw value) of the entity's newest version <= gen, or None. The value
@@ -267,7 +275,7 @@ class Store:
         g = _GEN.unpack_from(key, len(prefix))[0]
         value = cur.value()
         if key_is_long(key):
-            where = f"shard {shard} {table.decode()} {entity[:40]!r}... generation {g}"
+            where = f"{part_name(shard)} {table.decode()} {entity[:40]!r}... generation {g}"
             _e, payload = unwrap(key, decode(value, where), where)
             value = encode(payload)
         return g, value
@@ -277,7 +285,7 @@ class Store:
             hit = self.latest(txn, shard, table, entity, gen)
         if hit is None:
             return None
-        return decode(hit[1], f"shard {shard} {table.decode()} {entity[:60]!r} generation {hit[0]}")
+        return decode(hit[1], f"{part_name(shard)} {table.decode()} {entity[:60]!r} generation {hit[0]}")
 
     def scan(self, shard: int, table: bytes, gen: int, verify: bool = True) -> Iterator[tuple[bytes, int, bytes]]:
         """(entity, generation, payload) of every entity's newest version <= gen; with
@@ -305,18 +313,18 @@ class Store:
         _prefix, g, key, value = best
         if not verify:
             return _raw_entity(key, value), g, value
-        where = f"shard {shard} {table.decode()} {split_key(key)[2][:60]!r} generation {g}"
+        where = f"{part_name(shard)} {table.decode()} {split_key(key)[2][:60]!r} generation {g}"
         entity, payload = unwrap(key, decode(value, where), where)
         return entity, g, payload
 
     def verify_generation(self, shard: int, gen: int) -> Manifest:
         """Check the manifest of ``gen`` against the records written in it."""
         if gen < self.floor(shard):
-            raise CheckpointError(f"shard {shard}: generation {gen} is older than the oldest generation kept "
+            raise CheckpointError(f"{part_name(shard)}: generation {gen} is older than the oldest generation kept "
                                   f"({self.floor(shard)}); its records were partly collected")
         m = self.manifest(shard, gen)
         if m is None:
-            raise CheckpointError(f"shard {shard}: generation {gen} has no manifest (it was never completed or "
+            raise CheckpointError(f"{part_name(shard)}: generation {gen} has no manifest (it was never completed or "
                                   "was removed)")
         n = 0
         x = 0
@@ -326,13 +334,13 @@ class Store:
                 value = txn.get(key)
                 _s, table, entity, g = split_key(key)
                 if value is None:
-                    raise CheckpointError(f"shard {shard}: generation {gen} lost its record {table.decode()} "
+                    raise CheckpointError(f"{part_name(shard)}: generation {gen} lost its record {table.decode()} "
                                           f"{entity!r}")
-                decode(value, f"shard {shard} {table.decode()} {entity!r} generation {g}")
+                decode(value, f"{part_name(shard)} {table.decode()} {entity!r} generation {g}")
                 n += 1
                 x ^= crc_of(value)
         if n != m.records or x != m.crc_xor:
-            raise CheckpointError(f"shard {shard}: generation {gen} does not match its manifest ({n} records found, "
+            raise CheckpointError(f"{part_name(shard)}: generation {gen} does not match its manifest ({n} records found, "
                                   f"{m.records} written)")
         return m
 
@@ -340,8 +348,8 @@ class Store:
         """The keys generation ``gen`` wrote (its ``K`` record)."""
         v = txn.get(version_key(shard, INDEX, b"", gen))
         if v is None:
-            raise CheckpointError(f"shard {shard}: generation {gen} has no key index")
-        blob = decode(v, f"shard {shard} key index of generation {gen}")
+            raise CheckpointError(f"{part_name(shard)}: generation {gen} has no key index")
+        blob = decode(v, f"{part_name(shard)} key index of generation {gen}")
         out = []
         off = 0
         while off < len(blob):

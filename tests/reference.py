@@ -48,8 +48,14 @@ class Rng:
         return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-def shard_seed(seed: int, index: int) -> int:
-    return mix64((seed + index) & M64)
+USER_SALT = 0x7573657273747265
+
+
+def user_rng(user_id: str, seed: int) -> "Rng":
+    """A user's own random stream: seeded by the id's hash and the job's seed."""
+    from recsys_stream.events import stable_hash64
+
+    return Rng(mix64(stable_hash64(user_id) ^ mix64((seed ^ USER_SALT) & M64)))
 
 
 def item_row(item_id: str, seed: int, dim: int, std: float) -> list[float]:
@@ -80,7 +86,14 @@ class Core:
         self.n_users = 0
         self.n_items = 0
         self.active: set[int] = set()  # retired rows (none in these tests)
-        self.rng = Rng(shard_seed(seed, index))
+        self.rngs: dict[int, Rng] = {}
+
+    def rng(self, u: int) -> "Rng":
+        """User row u's stream (the user ids ``conftest.random_stream`` gives: ``u{row}``)."""
+        r = self.rngs.get(u)
+        if r is None:
+            r = self.rngs[u] = user_rng(f"u{u}", self.seed)
+        return r
 
     def observe(self, u: int, i: int, t: float) -> None:
         self.n_users = max(self.n_users, u + 1)
@@ -194,7 +207,7 @@ def run_mf(events, p, k, core: Core, rank: bool):
         if rank:
             lst = topk(m.scores(u, core.n_items), core.n_items, u, core.seen, k)
             pos.append(position(lst, i) if i < core.n_items else -1)
-        m.learn(u, i, r, raw, core.rng)
+        m.learn(u, i, r, raw, core.rng(u))
         core.observe(u, i, t)
     return preds, pos, m
 
@@ -214,12 +227,11 @@ def run_implicit(events, p, k, core: Core):
     b = [0.0] * n_items
     cu = [0] * n_users
     ci = [0] * n_items
-    rng = core.rng
     pos = []
 
     def init(M, r):
         for d in range(p.dim):
-            M[r, d] = p.init_std * rng.normal()
+            M[r, d] = p.init_std * core.rng(r).normal()
 
     for u, i, _v, t in events:
         scores = [b[j] + sum(float(P[u, d]) * float(Q[j, d]) for d in range(p.dim)) for j in range(core.n_items)]
@@ -237,7 +249,7 @@ def run_implicit(events, p, k, core: Core):
         for _ in range(p.negatives):
             j = -1
             for _t in range(p.neg_tries):
-                c = rng.below(core.n_items)
+                c = core.rng(u).below(core.n_items)
                 if c != i and (u, c) not in core.seen:
                     j = c
                     break

@@ -207,7 +207,8 @@ def test_frequency_filter_admits_a_user_at_the_nth_event(tmp_path):
 
 
 def test_no_snapshot_means_leftovers_are_dropped(tmp_path, log):
-    from flows.recsys import ShardLogic, open_store
+    from flows.recsys import ShardLogic, make_hub, open_store
+    from recsys_stream.obs import NullMetrics
     from recsys_stream.settings import CheckpointSettings, FlowSettings
 
     path = str(tmp_path / "s")
@@ -216,6 +217,7 @@ def test_no_snapshot_means_leftovers_are_dropped(tmp_path, log):
     sh.checkpointer.snapshot(sh.filter.snapshot())
     st.close()
     fs = FlowSettings(shard=settings("pop"), checkpoint=CheckpointSettings(path))
-    logic = ShardLogic(fs, None, None, __import__("recsys_stream.obs", fromlist=["NullMetrics"]).NullMetrics())
-    logic.on_batch([("events", 0, log.slice(500, 600))])
+    logic = ShardLogic(fs, None, None, NullMetrics(), make_hub(fs), open_store(fs.checkpoint))
+    batch = log.slice(500, 600)
+    logic.on_batch([("events", 0, (np.zeros(len(batch), np.int32), batch))])
     assert open_store(fs.checkpoint).head(0) == 0  # the crash's generation is gone

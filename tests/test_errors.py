@@ -50,7 +50,8 @@ CASES = [
     (["backtest", "--model", "mf", "--dim", "0"], ["'dim' must be > 0"]),
     (["backtest", "--workers", "0"], ["--workers", "must be >= 1"]),
     (["backtest", "--passes", "0"], ["--passes", "must be >= 1"]),
-    (["backtest", "--batch-size", "0"], ["--batch-size", "must be >= 1"]),
+    (["backtest", "--batch-size", "-1"], ["--batch-size", "must be >= 0"]),
+    (["run", "--batch-size", "0"], ["--batch-size", "must be >= 1"]),
     (["backtest", "--gen-events", "0"], ["--gen-events", "must be >= 1"]),
     (["backtest", "--model", "mf", "--lr", "nan"], ["'lr' must be finite"]),
     (["backtest", "--model", "mf", "--lr", "-0.1"], ["'lr' must be > 0"]),
@@ -370,13 +371,13 @@ def test_item11_json_mode_wraps_a_worker_panic(made, tmp_path):
     """An error inside a Bytewax worker is a Rust panic on stderr: in JSON mode, JSON."""
     import lmdb
 
-    from recsys_stream.storage import ITEMS
+    from recsys_stream.storage import USERS
 
     ckpt = copy(made, tmp_path)
     env = lmdb.open(str(ckpt / "state.lmdb"), subdir=True, map_size=1 << 30)
-    with env.begin(write=True) as txn:  # corrupt every item record: no generation to fall back to
+    with env.begin(write=True) as txn:  # corrupt every user record: no generation to fall back to
         for k, v in list(txn.cursor()):
-            if k[2:3] == ITEMS:
+            if k[2:3] == USERS:
                 b = bytearray(v)
                 b[len(b) // 2] ^= 0x40
                 txn.put(k, bytes(b))

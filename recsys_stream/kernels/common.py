@@ -59,6 +59,34 @@ def rng_below(state, n):
     return np.int64(rng_uniform(state) * n)
 
 
+@njit(cache=True, inline="always")
+def rng_next_at(states, k):
+    """Next uint64 of the SplitMix64 stream whose state is ``states[k]`` (one stream per
+    row: a user's draws do not depend on which other users share its state)."""
+    s = states[k] + _GOLDEN
+    states[k] = s
+    return mix64(s)
+
+
+@njit(cache=True, inline="always")
+def rng_uniform_at(states, k):
+    return np.float64(rng_next_at(states, k) >> _S11) * _INV53
+
+
+@njit(cache=True, inline="always")
+def rng_below_at(states, k, n):
+    return np.int64(rng_uniform_at(states, k) * n)
+
+
+@njit(cache=True)
+def rng_normal_at(states, k):
+    u1 = rng_uniform_at(states, k)
+    if u1 < 1e-300:
+        u1 = 1e-300
+    u2 = rng_uniform_at(states, k)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
 @njit(cache=True)
 def rng_normal(state):
     """Standard normal draw (Box-Muller, one value per call for simplicity)."""

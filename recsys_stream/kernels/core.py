@@ -9,7 +9,7 @@ from numba import njit
 
 from .history import history_append, mark_history
 from .pairset import pairset_add
-from .popularity import pop_learn, pop_relative, pop_topk
+from .popularity import pop_learn, pop_relative, pop_topk, pop_weight
 from .topk import _worse, topk_masked
 
 
@@ -32,6 +32,11 @@ def observe(us, it, u, i, t):
     if pairset_add(us.seen, us.seen_count, u, i):
         history_append(us.hoff, us.hlen, us.hpool, u, i)
     pop_learn(it.pop, it.plin, it.pop_meta, it.n[0], i, t, it.porder, it.prank)
+    c = it.plog_n[0]
+    if c < it.plog_i.shape[0]:  # the item side is shared: its owner replays this increment
+        it.plog_i[c] = i
+        it.plog_x[c] = pop_weight(it.pop_meta, t)
+        it.plog_n[0] = c + 1
     us.dirty[u] = 1
     it.dirty[i] = 1
     R = us.recent.shape[1]
@@ -140,3 +145,21 @@ def topk_with_popular(cand, vals, c, acc, f, top, us, it, sc, u, k, out_idx, out
         out_idx[r] = -1
         out_sc[r] = -np.inf
     return cnt
+
+
+@njit(cache=True, nogil=True)
+def mark_first_recs(F, rank_flag, topk, seq, first_rec, out_rows, out_seq):
+    """Evaluation bookkeeping: items recommended for the first time in this batch (in the
+    top-k of an event flagged ``rank_flag``); their first event's ``seq`` goes to
+    ``first_rec`` and to ``out_rows``/``out_seq``; returns how many."""
+    c = 0
+    for e in range(F.shape[0]):
+        if F[e] & rank_flag:
+            for t in range(topk.shape[1]):
+                r = topk[e, t]
+                if r >= 0 and first_rec[r] < 0:
+                    first_rec[r] = seq[e]
+                    out_rows[c] = r
+                    out_seq[c] = seq[e]
+                    c += 1
+    return c

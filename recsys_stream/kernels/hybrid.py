@@ -34,7 +34,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from .common import rng_below, sigmoid
+from .common import rng_below_at, sigmoid
 from .driver import register_steps
 from .ftrl import ftrl_predict, ftrl_update, ftrl_weight
 from .core import user_pop_topk, user_topk
@@ -214,7 +214,7 @@ def hybrid_learn_pre(m, us, it, sc, b, e):
         ftrl_update(m.idx, m.val, nf, m.w, p, 1.0, m.rr_z, m.rr_n, fhp, m.zdirty)
         if n > 1:
             for _ in range(m.hp.rerank_negatives):
-                j = m.cand[rng_below(us.rng, n)]
+                j = m.cand[rng_below_at(us.rng, u, n)]
                 if j == i:
                     continue
                 nf = _features(m, it, j, sc.scores, knn_max, pop_max, bucket)

@@ -35,7 +35,7 @@ from collections import namedtuple
 
 from numba import njit
 
-from .common import rng_below, sigmoid
+from .common import rng_below_at, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
 from .layout import DIVERGED, OK, bind_constructor, define
@@ -85,7 +85,7 @@ def implicit_learn(m, us, it, u, i):
     for _ in range(hp.negatives):
         j = -1
         for _t in range(hp.neg_tries):
-            c = rng_below(rng, n_cat) if n_cat > 0 else -1
+            c = rng_below_at(rng, u, n_cat) if n_cat > 0 else -1
             if c < 0:
                 break
             if c != i and active[c] != 0 and not pairset_contains(us.seen, u, c):

@@ -45,13 +45,37 @@ ItemKNNHP = namedtuple("ItemKNNHP", ["window", "gamma", "recent", "alpha", "beta
 # lists off/nn/cap/pj/pc/used (``neighbors``, ``state.NeighborPool``); dsc: per-thread
 # dense scores; acc/touched: per-thread scratch (acc all zero and touched empty between
 # calls) accumulating a user's candidates, vals their scores
+# lg_i/lg_j/lg_w/lg_n: the call's log of co-occurrence increments (row i, neighbour j,
+# weight) when the item side is shared (capacity 0 otherwise), which owners replay in order
 ItemKNNK, ItemKNNKType = define("ItemKNNK", ["n", "inv", "C", "off", "nn", "cap", "pj", "pc", "used", "hp", "dsc", "acc",
-                                             "touched", "vals", "cand", "cand_sc"], __name__)
+                                             "touched", "vals", "cand", "cand_sc", "lg_i", "lg_j", "lg_w", "lg_n"],
+                                __name__)
 
 
 @njit(cache=True)
-def _new_itemknnk(n, inv, C, off, nn, cap, pj, pc, used, hp, dsc, acc, touched, vals, cand, cand_sc):
-    return ItemKNNK(n, inv, C, off, nn, cap, pj, pc, used, hp, dsc, acc, touched, vals, cand, cand_sc)
+def _new_itemknnk(n, inv, C, off, nn, cap, pj, pc, used, hp, dsc, acc, touched, vals, cand, cand_sc, lg_i, lg_j, lg_w,
+                  lg_n):
+    return ItemKNNK(n, inv, C, off, nn, cap, pj, pc, used, hp, dsc, acc, touched, vals, cand, cand_sc, lg_i, lg_j, lg_w,
+                    lg_n)
+
+
+@njit(cache=True, inline="always")
+def log_pair(m, i, j, w):
+    c = m.lg_n[0]
+    if c < m.lg_i.shape[0]:
+        m.lg_i[c] = i
+        m.lg_j[c] = j
+        m.lg_w[c] = w
+        m.lg_n[0] = c + 1
+
+
+@njit(cache=True)
+def add_pair(C, off, nn, cap, pj, pc, used, cap_max, i, j, w):
+    """Count ``w`` for neighbour j of row i (dense matrix or lists; the owner's replay too)."""
+    if C.shape[0] > 1:
+        C[i, j] += w
+    else:
+        nb_add(off, nn, cap, pj, pc, used, cap_max, i, j, w)
 
 
 @njit(cache=True, inline="always")
@@ -215,6 +239,8 @@ def itemknn_learn(m, us, it, u, i):
             else:
                 nb_add(off, nn, cap, pj, pc, used, hp.neighbors, i, j, w)
                 nb_add(off, nn, cap, pj, pc, used, hp.neighbors, j, i, w)
+            log_pair(m, i, j, w)
+            log_pair(m, j, i, w)
             dirty[j] = 1
         w *= hp.gamma
     m.n[i] += 1.0
@@ -238,3 +264,12 @@ def itemknn_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
 
 
 register_steps(ItemKNNKType, rank=itemknn_rank, learn_pre=itemknn_learn_pre, recommend=itemknn_recommend)
+
+
+@njit(cache=True)
+def recompute_inv(n, inv, rows, beta):
+    """``inv`` of ``rows`` from their counts, as ``itemknn_learn`` computes it."""
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        if n[r] > 0:
+            inv[r] = math.pow(n[r], beta - 1.0)

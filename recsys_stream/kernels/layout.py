@@ -12,8 +12,11 @@ its declaration and the code that reads it, never a positional unpacking elsewhe
 - ``ItemK``: the item side (``n[0]`` the catalog extent: item rows are handed out in
   order of first appearance, so a row ``>= n[0]`` is "not seen yet"; ``active`` 0 once
   retired; ``pop``/``plin``/``pop_meta``/``porder``/``prank`` decayed popularity (log and
-  derived linear) and the items in popularity order (``popularity``); ``iev`` events per item; ``dirty``; ``key`` the
-  item id's 64-bit hash, which seeds the row's initial values; ``seed`` the job's seed);
+  derived linear) and the items in popularity order (``popularity``); ``iev`` events per
+  item; ``dirty`` rows changed since they were last sent to their owners; ``key`` the item
+  id's 64-bit hash, which seeds the row's initial values; ``seed`` the job's seed;
+  ``plog_i``/``plog_x``/``plog_n`` the call's log of popularity increments when the item
+  side is shared (capacity 0 otherwise), which owners replay in order);
 - ``Scratch``: per-thread work arrays over item rows, all zero between calls (``excl``
   marks a user's items while ranking; ``scores``; ``sc_k`` a top-k's scores);
 - ``Batch``: the events of one kernel call (rows, values, labels, times, types, flags,
@@ -82,7 +85,7 @@ def bind_constructor(proxy, ctor) -> None:
 
 UserK, UserKType = define("UserK", ["uev", "recent", "hoff", "hlen", "hpool", "seen", "seen_count", "rng", "dirty"], __name__)
 ItemK, ItemKType = define("ItemK", ["n", "active", "pop", "plin", "pop_meta", "porder", "prank", "iev", "dirty", "key",
-                                    "seed"], __name__)
+                                    "seed", "plog_i", "plog_x", "plog_n"], __name__)
 Scratch, ScratchType = define("Scratch", ["scores", "excl", "sc_k"], __name__)
 Batch, BatchType = define("Batch", ["U", "I", "V", "Y", "T", "E", "F", "ctx_ptr", "ctx_hash"], __name__)
 Out, OutType = define("Out", ["pred", "pos", "topk", "lst", "lst_sc"], __name__)
@@ -94,8 +97,8 @@ def _new_user(uev, recent, hoff, hlen, hpool, seen, seen_count, rng, dirty):
 
 
 @njit(cache=True)
-def _new_item(n, active, pop, plin, pop_meta, porder, prank, iev, dirty, key, seed):
-    return ItemK(n, active, pop, plin, pop_meta, porder, prank, iev, dirty, key, seed)
+def _new_item(n, active, pop, plin, pop_meta, porder, prank, iev, dirty, key, seed, plog_i, plog_x, plog_n):
+    return ItemK(n, active, pop, plin, pop_meta, porder, prank, iev, dirty, key, seed, plog_i, plog_x, plog_n)
 
 
 @njit(cache=True)

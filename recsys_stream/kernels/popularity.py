@@ -19,12 +19,13 @@ popularity top-k of a user is the first k unexcluded entries (``pop_topk``).
 
 Scoring needs popularity relative to the top item for every candidate; an ``exp`` per
 item per event would cost more than the rest of the ranking, so a derived linear copy is
-kept: ``plin[i] = exp(lp[i] - ref)`` for a reference ``ref`` that moves (every value
-recomputed) only when the newest mass is ``e^300`` above it, which at a half-life of a day
-happens once per ~300 days of event time. ``plin`` is rebuilt from ``lp``, never stored.
+kept: ``plin[i] = exp(lp[i] - ref)`` for a reference ``ref``, the largest mass rounded down
+to a multiple of 300, that moves (every value recomputed) only when the largest mass
+passes the next multiple, which at a half-life of a day happens once per ~300 days of event
+time. ``plin`` is rebuilt from ``lp``, never stored, and ``ref`` is a function of ``lp``:
+a restored state, an owner's and every replica's agree on it bit for bit.
 
-``meta`` is ``[rate, ref]`` (``ref`` -inf before the first interaction); a checkpoint keeps
-it, so a restored ``plin`` is bit for bit the one the uninterrupted run had.
+``meta`` is ``[rate, ref]`` (``ref`` -inf before the first interaction).
 """
 
 from __future__ import annotations
@@ -64,12 +65,20 @@ def pop_learn(lp, plin, meta, n, i, t, order, rank):
 
 
 @njit(cache=True, inline="always")
+def pop_reference(x):
+    """The reference for a largest mass ``x``: a multiple of ``REBASE_AT``, so that it is a
+    function of the state alone (a restored or merged state recomputes the same one)."""
+    return REBASE_AT * math.floor(x / REBASE_AT)
+
+
+@njit(cache=True, inline="always")
 def pop_linear(lp, plin, meta, n, i):
     """Bring ``plin[i]`` in line with ``lp[i]`` (moving the reference if needed)."""
-    if meta[1] == -np.inf or lp[i] - meta[1] > REBASE_AT:
-        meta[1] = lp[i]
+    ref = pop_reference(lp[i])
+    if meta[1] == -np.inf or ref > meta[1]:
+        meta[1] = ref
         for j in range(n):
-            plin[j] = 0.0 if lp[j] == -np.inf else math.exp(lp[j] - meta[1])
+            plin[j] = 0.0 if lp[j] == -np.inf else math.exp(lp[j] - ref)
     plin[i] = math.exp(lp[i] - meta[1])
 
 
@@ -112,8 +121,8 @@ def pop_resort(lp, plin, meta, n_items, order, rank):
     for r in range(n_items):
         order[r] = o[r]
         rank[o[r]] = r
-    if meta[1] == -np.inf and n_items > 0:
-        meta[1] = lp[o[0]]
+    if n_items > 0 and lp[o[0]] != -np.inf:
+        meta[1] = pop_reference(lp[o[0]])
     for j in range(n_items):
         plin[j] = 0.0 if lp[j] == -np.inf or meta[1] == -np.inf else math.exp(lp[j] - meta[1])
 
@@ -137,3 +146,15 @@ def pop_topk(plin, order, n_cat, excl, active, k, out_idx, out_sc):
         out_idx[r] = -1
         out_sc[r] = -np.inf
     return c
+
+
+@njit(cache=True)
+def pop_refresh(lp, plin, meta, n, order, rank, rows):
+    """``lp`` of ``rows`` changed from outside (an owner's values): their linear copies and
+    places in the order (values only grow, but rounding can lower one by an ulp: such an
+    item stays put, a harmless near-tie)."""
+    for t in range(rows.shape[0]):
+        i = rows[t]
+        if i < n and lp[i] != -np.inf:
+            pop_linear(lp, plin, meta, n, i)
+            pop_place(lp, order, rank, i)

@@ -137,6 +137,14 @@ class Model:
     def reserve(self, users, items, n_events: int) -> None:
         """Before a batch of ``n_events``: room in pools the kernels grow."""
 
+    def derive(self, items, rows) -> None:
+        """An owner changed ``rows``: recompute the item arrays derived from the others
+        (``ArraySpec.merge == "derived"``)."""
+
+    def log_entries(self, n_events: int) -> int:
+        """The most co-occurrence increments a batch of ``n_events`` can log."""
+        return 0
+
     def grow(self, users, items) -> None:
         """A kernel ran out of pool room (``NEED_ROOM``): make more."""
         for pool in items.pools.values():
@@ -155,6 +163,10 @@ class Model:
             if self.rank:
                 f |= RANK
         return f
+
+    def value_range(self) -> tuple | None:
+        """The ratings this model accepts (others are dead letters), or None."""
+        return None
 
     def hint(self) -> str:
         return "lower the learning rate or raise the regularisation"

@@ -68,8 +68,9 @@ class FTRLModel(Model):
 
     def item_specs(self):
         return ftrl_globals("ftrl", self.params.bits) + [
-            ArraySpec("feat.i", ROW, (MAX_ITEM_FEATURES,), "uint64"),
-            ArraySpec("feat.ni", ROW, (), "int64"),
+            # from the feature store, filled by whoever creates the row: not stored, never sent
+            ArraySpec("feat.i", ROW, (MAX_ITEM_FEATURES,), "uint64", stored=False),
+            ArraySpec("feat.ni", ROW, (), "int64", stored=False),
             ArraySpec("ftrl.ilikes", ROW, (), "float64"),
             ArraySpec("ftrl.ievents", ROW, (), "float64"),
             ArraySpec("ftrl.ivalues", ROW, (), "float64"),

@@ -15,7 +15,7 @@ from ..kernels.itemknn import ItemKNNHP
 from ..state import GLOBAL, ArraySpec
 from .base import Model, Params, pack
 from .implicit import ImplicitParams, implicit_item_specs, implicit_state, implicit_user_specs
-from .itemknn import ItemKNNParams, itemknn_item_specs, itemknn_pools, itemknn_state, reserve_pool
+from .itemknn import ItemKNNParams, derive_inv, itemknn_item_specs, itemknn_pools, itemknn_state, reserve_pool
 from .ftrl import FTRLParams
 
 
@@ -71,6 +71,12 @@ class HybridModel(Model):
 
     def reserve(self, users, items, n_events: int) -> None:
         reserve_pool(items, "knn", self.params.itemknn(), n_events)
+
+    def derive(self, items, rows) -> None:
+        derive_inv(items, "knn", self.params.itemknn().beta, rows)
+
+    def log_entries(self, n_events: int) -> int:
+        return 2 * self.params.window * n_events
 
     def kernel_state(self, users, items, k):
         p = self.params

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import scratch
-from ..kernels.itemknn import ItemKNNHP, ItemKNNK
+from ..kernels.itemknn import ItemKNNHP, ItemKNNK, recompute_inv
 from ..state import ROW, ArraySpec
 from .base import Model, Params, pack
 
@@ -31,7 +31,7 @@ class ItemKNNParams(Params):
 def itemknn_item_specs(prefix: str) -> list[ArraySpec]:
     return [
         ArraySpec(f"{prefix}.n", ROW, (), "float64"),
-        ArraySpec(f"{prefix}.inv", ROW, (), "float64"),  # n^-(1-beta), kept with n
+        ArraySpec(f"{prefix}.inv", ROW, (), "float64", merge="derived"),  # n^-(1-beta), kept with n
     ]
 
 
@@ -53,7 +53,7 @@ def itemknn_state(prefix: str, items, hp: ItemKNNHP, k: int = 10) -> ItemKNNK:
                     scratch.array(f"{prefix}.touched", hp.recent * hp.neighbors, np.int32),
                     scratch.array(f"{prefix}.vals", hp.recent * hp.neighbors, np.float64),
                     scratch.array(f"{prefix}.cand", hp.recent * hp.neighbors, np.int32),
-                    np.empty(max(k, hp_k_max(hp)), np.float64))
+                    np.empty(max(k, hp_k_max(hp)), np.float64), pool.lg_i, pool.lg_j, pool.lg_w, pool.lg_n)
 
 
 class ItemKNNModel(Model):
@@ -71,6 +71,17 @@ class ItemKNNModel(Model):
 
     def kernel_state(self, users, items, k):
         return itemknn_state("knn", items, pack(ItemKNNHP, self.params), k)
+
+    def derive(self, items, rows) -> None:
+        derive_inv(items, "knn", self.params.beta, rows)
+
+    def log_entries(self, n_events: int) -> int:
+        return 2 * self.params.window * n_events
+
+
+def derive_inv(items, prefix: str, beta: float, rows) -> None:
+    a = items.arrays
+    recompute_inv(a[f"{prefix}.n"], a[f"{prefix}.inv"], np.ascontiguousarray(rows, dtype=np.int64), beta)
 
 
 def reserve_pool(items, prefix: str, p, n_events: int) -> None:

@@ -64,6 +64,9 @@ class MFModel(Model):
         return MFK(u["mf.P"], u["mf.bu"], u["mf.cu"], u["mf.gu"], i["mf.Q"], i["mf.bi"], i["mf.ci"], i["mf.gi"],
                    i["mf.glob"], i["mf.Q8"], i["mf.qs"], pack(MFHP, self.params), np.zeros(4))
 
+    def value_range(self):
+        return (self.params.rating_min, self.params.rating_max)
+
     def flags(self, etype, evaluate):
         is_rating = etype == RATING
         f = np.where(is_rating, LEARN, 0).astype(np.int32)
