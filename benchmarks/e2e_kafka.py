@@ -80,6 +80,10 @@ def start_job(boot: str, inp: str, out: str, model: str, extra: list[str]) -> su
            "--refresh-interval", "0", *extra]
     if CHECKPOINT_S > 0:
         cmd += ["--checkpoint-dir", tempfile.mkdtemp(prefix="e2e-ckpt-"), "--checkpoint-interval", str(CHECKPOINT_S)]
+    prof = os.environ.get("RECSYS_BENCH_PROFILE")  # py-spy output file: profile the worker (development aid)
+    if prof:
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--threads", "-f", "raw", "-o", prof,
+               "--"] + cmd
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -189,6 +193,8 @@ def latency(boot: str, events, rate: float, seconds: float, model: str, linger_m
     c.close()
     job.terminate()
     job.wait(60)
+    if os.environ.get("RECSYS_SNAPSHOT_TIMING"):
+        sys.stderr.write(job.stderr.read()[-20000:])
     pairs = [(sent[key], received[key] - sent[key]) for key in received if key in sent]
     if not pairs:
         raise RuntimeError("no lists received")

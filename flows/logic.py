@@ -19,6 +19,7 @@ A Bytewax snapshot of either is a handle (part and generation); the state is in 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
-from recsys_stream.checkpoint import BucketCheckpointer, Checkpointer
+from recsys_stream.checkpoint import BucketCheckpointer, Checkpointer, write_staged
 from recsys_stream.events import EventBatch
 from recsys_stream.faults import fault_point
 from recsys_stream.features import FeatureStore
@@ -39,6 +40,7 @@ from recsys_stream.shard import Shard, ShardResult, group_runs, occurrence
 from recsys_stream.storage import FORMAT, CheckpointError
 
 log = logging.getLogger("recsys_stream.flow")
+_TIMING = bool(os.environ.get("RECSYS_SNAPSHOT_TIMING"))  # log each snapshot's time (development aid)
 
 
 def _check_format(handle: dict) -> None:
@@ -47,12 +49,62 @@ def _check_format(handle: dict) -> None:
                               f"format {FORMAT}")
 
 
+class SnapshotRound:
+    """The keys of one step on one worker awoken since its last snapshots, and the
+    generations staged for them: Bytewax snapshots, at the end of an epoch, exactly the
+    keys awoken in it (any ``on_batch``, ``on_notify`` or ``on_eof``), one after the
+    other on the worker's thread; when the last of them is staged, all are written in one
+    LMDB transaction (one sync to disk per worker and step, not one per key), before
+    Bytewax can store the handles, which it does after the snapshot calls return."""
+
+    def __init__(self, store):
+        self.store = store
+        self.awoken: set = set()
+        self.staged: list = []
+
+    def woke(self, key) -> None:
+        if self.staged:
+            # the last snapshot of a round never came: Bytewax snapshotted fewer keys than
+            # were awoken (it never has); write now rather than never
+            log.error("a snapshot round ended with %d generation(s) unwritten (keys %s awoken but not snapshotted); "
+                      "writing them now", len(self.staged), sorted(self.awoken)[:5])
+            self.awoken.clear()
+            self.flush()
+        self.awoken.add(key)
+
+    def snapshot(self, key, staged) -> None:
+        self.staged.append(staged)
+        self.awoken.discard(key)
+        if not self.awoken:
+            self.flush()
+
+    def flush(self) -> None:
+        staged, self.staged = self.staged, []
+        write_staged(self.store, staged, fault_point)
+        fault_point("checkpoint.after-commit")
+
+
+class Rounds:
+    """A ``SnapshotRound`` per worker thread and step."""
+
+    def __init__(self, store):
+        self.store = store
+        self.rounds: dict = {}
+
+    def of(self, step: str) -> SnapshotRound:
+        key = (threading.get_ident(), step)
+        r = self.rounds.get(key)
+        if r is None:
+            r = self.rounds[key] = SnapshotRound(self.store)
+        return r
+
+
 class Workers:
     """Each worker thread's ``Shard`` (made on first use, over the thread's replica), and
     which worker holds each key group (a group's events must all reach one worker: the
     router and Bytewax place keys by the same hash, and this checks it)."""
 
-    def __init__(self, settings: FlowSettings, features: FeatureStore | None, hub: Hub):
+    def __init__(self, settings: FlowSettings, features: FeatureStore | None, hub: Hub, store=None):
         self.settings = settings
         self.features = features
         self.hub = hub
@@ -60,6 +112,7 @@ class Workers:
         self.shards: dict[int, Shard] = {}
         self.replicas: dict[int, Any] = {}
         self.holder: dict[int, int] = {}  # key group -> worker thread
+        self.rounds = Rounds(store) if store is not None else None
 
     def mine(self) -> tuple[Shard, Any]:
         tid = threading.get_ident()
@@ -101,7 +154,7 @@ class ShardLogic(StatefulBatchLogic):
         self.hub = hub
         self.store = store
         self.remote_bucket = remote_bucket
-        self.workers = workers or Workers(settings, features, hub)
+        self.workers = workers or Workers(settings, features, hub, store)
         self.shard: Shard | None = None
         self.group: int | None = None
         self.resume_state = resume_state
@@ -135,11 +188,16 @@ class ShardLogic(StatefulBatchLogic):
         if grp.policy is not None:
             grp.policy.restore(emit)
 
+    def _woke(self) -> None:
+        if self.store is not None and self.workers.rounds is not None:
+            self.workers.rounds.of("shards").woke(self.group)
+
     def on_batch(self, values):
         out = []
-        for kind, g, payload in values:
-            if self.shard is None:
-                self._open(g)
+        if self.shard is None:
+            self._open(values[0][1])
+        self._woke()
+        for kind, _g, payload in values:
             if kind == "events":
                 out += self._events(*payload)
                 fault_point("batch.processed")
@@ -234,6 +292,8 @@ class ShardLogic(StatefulBatchLogic):
         return out
 
     def on_notify(self):
+        if self.shard is not None:
+            self._woke()
         if self.shard is None or self.settings.refresh_interval_s is None:
             return [], StatefulBatchLogic.RETAIN
         due = self.shard.group(self.group).policy.due(time.time())
@@ -246,6 +306,8 @@ class ShardLogic(StatefulBatchLogic):
 
     def on_eof(self):
         # the input ended (drained, or SIGTERM): send this group's trailing lists still waiting
+        if self.shard is not None:
+            self._woke()
         if self.shard is None or self.settings.refresh_interval_s is None:
             return [], StatefulBatchLogic.RETAIN
         pol = self.shard.group(self.group).policy
@@ -270,11 +332,14 @@ class ShardLogic(StatefulBatchLogic):
         emit = grp.filter.snapshot()
         if grp.policy is not None:
             emit |= grp.policy.snapshot(time.time())
-        gen = grp.checkpointer.snapshot(emit)
-        fault_point("checkpoint.after-commit")
+        t0 = time.perf_counter()
+        staged = grp.checkpointer.stage(emit)
+        self.workers.rounds.of("shards").snapshot(self.group, staged)
+        if _TIMING:
+            log.info("snapshot group %d: %.2f ms", self.group, 1e3 * (time.perf_counter() - t0))
         if self.settings.shard.ttl_s > 0:
             grp.checkpointer.evict_idle(self.settings.shard.ttl_s)
-        return {"format": FORMAT, "shard": self.group, "gen": gen}
+        return {"format": FORMAT, "shard": self.group, "gen": staged.gen}
 
 
 class OwnerLogic(StatefulBatchLogic):
@@ -283,11 +348,13 @@ class OwnerLogic(StatefulBatchLogic):
     the flow was built (``checkpoint.restore_buckets``), so replicas start from it before
     any user shard runs."""
 
-    def __init__(self, settings: FlowSettings, resume_state: Any, hub: Hub, store, meta: dict):
+    def __init__(self, settings: FlowSettings, resume_state: Any, hub: Hub, store, meta: dict,
+                 rounds: Rounds | None = None):
         self.settings = settings
         self.hub = hub
         self.store = store
         self.meta = meta
+        self.rounds = rounds if rounds is not None else (Rounds(store) if store is not None else None)
         self.bucket: int | None = None
         self.checkpointer = None
         if resume_state is not None:
@@ -299,11 +366,17 @@ class OwnerLogic(StatefulBatchLogic):
         if self.store is not None:
             self.checkpointer = BucketCheckpointer(self.store, self.hub.owner, bucket, self.meta, fault_point)
 
+    def _woke(self) -> None:
+        if self.rounds is not None:
+            self.rounds.of("items").woke(self.bucket)
+
     def on_batch(self, values):
+        if self.bucket is None:
+            kind, payload = values[0]
+            self._open(payload.bucket if kind == "upd" else payload[0])
+        self._woke()
         updates = []
         for kind, payload in values:
-            if self.bucket is None:
-                self._open(payload.bucket if kind == "upd" else payload[0])
             if kind == "upd":
                 updates.append(payload)
             else:
@@ -315,8 +388,17 @@ class OwnerLogic(StatefulBatchLogic):
             self.hub.forward(self.hub.apply(updates))
         return [], StatefulBatchLogic.RETAIN
 
+    def on_eof(self):
+        if self.bucket is not None:
+            self._woke()  # Bytewax snapshots every key it calls at the end
+        return [], StatefulBatchLogic.RETAIN
+
     def snapshot(self) -> Any:
         if self.checkpointer is None:
             return None
-        gen = self.checkpointer.snapshot()
-        return {"format": FORMAT, "bucket": self.bucket, "gen": gen}
+        t0 = time.perf_counter()
+        staged = self.checkpointer.stage()
+        self.rounds.of("items").snapshot(self.bucket, staged)
+        if _TIMING:
+            log.info("snapshot bucket %d: %.2f ms", self.bucket, 1e3 * (time.perf_counter() - t0))
+        return {"format": FORMAT, "bucket": self.bucket, "gen": staged.gen}

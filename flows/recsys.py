@@ -42,7 +42,7 @@ from recsys_stream.shard import ShardResult, group_runs
 from recsys_stream.state import ItemState
 from recsys_stream.storage import Store
 
-from .logic import OwnerLogic, ShardLogic, Workers
+from .logic import OwnerLogic, Rounds, ShardLogic, Workers
 
 
 log = logging.getLogger("recsys_stream.flow")
@@ -217,7 +217,7 @@ def build_flow(
         batches = inp
     router = Router(settings.n_shards, settings.processes * settings.workers)
     routed = op.flat_map("route", batches, router if raw else _CountingRouter(router, metrics))
-    workers = Workers(settings, features, hub)
+    workers = Workers(settings, features, hub, store)
     keyed = op.stateful_batch("shards", routed, lambda resume: ShardLogic(settings, features, resume, metrics, hub, store,
                                                                           remote, workers))
     out = op.map("shard_out", keyed, lambda kv: kv[1])
@@ -231,7 +231,8 @@ def build_flow(
         by_bucket = op.flat_map("catalog_by_bucket", ops, _CatalogRouter(hub, bkeys))
         updates = op.merge("with_catalog", updates, by_bucket)
     meta = bucket_meta(settings)
-    op.stateful_batch("items", updates, lambda resume: OwnerLogic(settings, resume, hub, store, meta))
+    rounds = Rounds(store) if store is not None else None
+    op.stateful_batch("items", updates, lambda resume: OwnerLogic(settings, resume, hub, store, meta, rounds))
     if metrics_sink is not None:
         op.output("metrics", op.key_on("metrics_key", results, lambda _r: "metrics"), metrics_sink)
     if lists_sink is not None:

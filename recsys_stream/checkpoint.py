@@ -27,6 +27,7 @@ settings a generation must have been written with).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Protocol
 
@@ -107,6 +108,11 @@ class Checkpointer:
 
     def snapshot(self, emit: dict) -> int:
         """Write the next generation (what changed since the last); returns its number."""
+        return self.stage(emit).write(self.store, self.fault)
+
+    def stage(self, emit: dict) -> "Staged":
+        """The next generation's records, taken now (the rows' dirty marks are cleared),
+        to be written with ``Staged.write`` (or with others, ``write_staged``)."""
         users, items = self.owner.users, self.owner.items
         ua, ia = users.arrays, items.arrays
         records = []
@@ -124,13 +130,13 @@ class Checkpointer:
                 records.append((ITEMS, iids[row].encode("utf-8"), codec.encode_item(items, int(row))))
             records += [(GLOBALS, name, payload) for name, payload in codec.global_records(ia)]
         records.append((EMIT, b"emit", orjson.dumps(emit)))
-        gen = self.store.write_generation(self.index, records, self.meta(), fault=self.fault)
+        staged = Staged(self.index, records, self.meta(), self.store.head(self.index) + 1)
         ua["dirty"][rows] = 0
         codec.clear_global_dirt(ua)
         if self.with_items:
             ia["dirty"][:] = 0
             codec.clear_global_dirt(ia)
-        return gen
+        return staged
 
     # -- restore ----------------------------------------------------------------------
 
@@ -357,6 +363,10 @@ class BucketCheckpointer:
                 "layout": {"item": codec.layout(st.arrays, st.pools)}}
 
     def snapshot(self) -> int:
+        return self.stage().write(self.store, self.fault)
+
+    def stage(self) -> "Staged":
+        """The bucket's next generation, taken now (see ``Checkpointer.stage``)."""
         from .items import CHUNK, global_bucket
 
         owner = self.owner
@@ -377,7 +387,29 @@ class BucketCheckpointer:
                             codec.global_records(st.arrays, {k: (None if k in small else v) for k, v in mine.items()})]
             assert CHUNK == codec.CHUNK
             owner.dirty[rows] = 0
-        return self.store.write_generation(self.part, records, self.meta(), fault=self.fault)
+            meta = self.meta()
+        return Staged(self.part, records, meta, self.store.head(self.part) + 1)
+
+
+@dataclass
+class Staged:
+    """A generation taken but not yet written: its part, records, manifest metadata and
+    the number it will have (the handle a snapshot returns names it)."""
+
+    part: int
+    records: list
+    meta: dict
+    gen: int
+
+    def write(self, store: Store, fault=None) -> int:
+        return write_staged(store, [self], fault)[0]
+
+
+def write_staged(store: Store, staged: list[Staged], fault=None) -> list[int]:
+    """Write staged generations in one transaction (one sync to disk)."""
+    if not staged:
+        return []
+    return store.write_generations([(s.part, s.records, s.meta) for s in staged], fault, [s.gen for s in staged])
 
 
 BUCKET_KEYS = ("model", "params", "seed", "n_buckets")
@@ -410,13 +442,23 @@ def restore_buckets(store: Store, owner, gens: dict[int, int], meta: dict | None
         if head < gen:
             raise CheckpointError(f"item bucket {b}: Bytewax's snapshot names generation {gen} but the store's newest "
                                   f"is {head}; the LMDB files are older than the recovery partitions")
-        m = store.verify_generation(part, gen)
-        if meta is not None:
-            check_bucket_meta(m.meta, b, gen, meta)
+        try:
+            m = store.verify_generation(part, gen)
+            if meta is not None:
+                check_bucket_meta(m.meta, b, gen, meta)
+            # a generation holds the rows changed since the one before: the rows read here
+            # may come from older generations, each checked as it is decoded
+            got = [(e.decode("utf-8"), p) for e, _g, p in store.scan(part, ITEMS, gen)]
+            got_glob = [(e.decode(), p) for e, _g, p in store.scan(part, GLOBALS, gen)]
+        except SettingsMismatch:
+            raise
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}. Refusing to resume from it: the item side has no fallback generation; "
+                                  "restore the directory from a backup or start from an empty one") from None
         if rollback:
             store.rollback(part, gen)
-        recs += [(e.decode("utf-8"), p) for e, _g, p in store.scan(part, ITEMS, gen)]
-        glob += [(e.decode(), p) for e, _g, p in store.scan(part, GLOBALS, gen)]
+        recs += got
+        glob += got_glob
     with owner.lock:
         codec.load_globals(owner.state.arrays, glob)
         load_items(owner.state, recs)

@@ -184,6 +184,10 @@ class Manifest:
         return cls(d["gen"], d["records"], d["crc_xor"], d["meta"])
 
 
+class _Abort(Exception):
+    """Leave a write transaction without committing it."""
+
+
 class Store:
     """The LMDB environment of a checkpoint directory."""
 
@@ -363,30 +367,45 @@ class Store:
     def write_generation(self, shard: int, records: list[tuple[bytes, bytes, bytes]], meta: dict,
                          fault=None) -> int:
         """Write ``(table, entity, payload)`` records as the next generation; returns it."""
+        return self.write_generations([(shard, records, meta)], fault)[0]
+
+    def write_generations(self, parts: list[tuple[int, list, dict]], fault=None,
+                          expect: list[int] | None = None) -> list[int]:
+        """Write the next generation of each ``(part, records, meta)`` in one transaction
+        (one sync to disk for all); returns their numbers. ``expect``: the numbers the
+        caller promised (a ``CheckpointError`` if the store disagrees, nothing written)."""
+        gens = []
         try:
             with self.env.begin(write=True) as txn:
-                hv = txn.get(_SHARD.pack(shard) + HEAD)
-                gen = 1 if hv is None else _GEN.unpack(hv)[0] + 1
-                x = 0
-                index = []
-                for j, (table, entity, payload) in enumerate(records):
-                    value = encode(wrap(entity, payload))
-                    key = version_key(shard, table, entity, gen)
-                    txn.put(key, value)
-                    index.append(_LEN.pack(len(key)) + key)
-                    x ^= crc_of(value)
-                    self._gc(txn, shard, table, entity, gen)
-                    if fault is not None and j == len(records) // 2:
-                        fault("checkpoint.mid-write")
-                man = Manifest(gen, len(records), x, meta)
-                txn.put(version_key(shard, MANIFEST, b"", gen), encode(man.to_bytes()))
-                txn.put(version_key(shard, INDEX, b"", gen), encode(b"".join(index)))
-                self._gc(txn, shard, MANIFEST, b"", gen)
-                self._gc(txn, shard, INDEX, b"", gen)
-                txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
-                fv = txn.get(_SHARD.pack(shard) + FLOOR)
-                floor = max(0 if fv is None else _GEN.unpack(fv)[0], gen - KEEP)
-                txn.put(_SHARD.pack(shard) + FLOOR, _GEN.pack(floor))
+                for t, (shard, records, meta) in enumerate(parts):
+                    hv = txn.get(_SHARD.pack(shard) + HEAD)
+                    gen = 1 if hv is None else _GEN.unpack(hv)[0] + 1
+                    if expect is not None and expect[t] != gen:
+                        raise _Abort(f"{part_name(shard)}: generation {expect[t]} was promised but the store's next "
+                                     f"is {gen} (another writer?); nothing of this checkpoint was written")
+                    x = 0
+                    index = []
+                    for j, (table, entity, payload) in enumerate(records):
+                        value = encode(wrap(entity, payload))
+                        key = version_key(shard, table, entity, gen)
+                        txn.put(key, value)
+                        index.append(_LEN.pack(len(key)) + key)
+                        x ^= crc_of(value)
+                        self._gc(txn, shard, table, entity, gen)
+                        if fault is not None and t == 0 and j == len(records) // 2:
+                            fault("checkpoint.mid-write")
+                    man = Manifest(gen, len(records), x, meta)
+                    txn.put(version_key(shard, MANIFEST, b"", gen), encode(man.to_bytes()))
+                    txn.put(version_key(shard, INDEX, b"", gen), encode(b"".join(index)))
+                    self._gc(txn, shard, MANIFEST, b"", gen)
+                    self._gc(txn, shard, INDEX, b"", gen)
+                    txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
+                    fv = txn.get(_SHARD.pack(shard) + FLOOR)
+                    floor = max(0 if fv is None else _GEN.unpack(fv)[0], gen - KEEP)
+                    txn.put(_SHARD.pack(shard) + FLOOR, _GEN.pack(floor))
+                    gens.append(gen)
+        except _Abort as exc:
+            raise CheckpointError(str(exc)) from None
         except lmdb.MapFullError:
             raise CheckpointError(f"{self.path}: the LMDB map is full; nothing of this checkpoint was written. "
                                   "Raise --checkpoint-map-gb (the file grows only as used)") from None
@@ -399,7 +418,7 @@ class Store:
         except lmdb.Error as exc:
             raise CheckpointError(f"{self.path}: LMDB refused the checkpoint ({exc}); nothing of this checkpoint "
                                   "was written") from None
-        return gen
+        return gens
 
     def _gc(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> None:
         """Delete versions no restorable generation (>= gen - KEEP) needs."""

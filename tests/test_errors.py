@@ -371,17 +371,21 @@ def test_item11_json_mode_wraps_a_worker_panic(made, tmp_path):
     """An error inside a Bytewax worker is a Rust panic on stderr: in JSON mode, JSON."""
     import lmdb
 
-    from recsys_stream.storage import USERS
+    from recsys_stream.checkpoint import OWNER_PART
+    from recsys_stream.storage import EMIT, GLOBALS, USERS
 
     ckpt = copy(made, tmp_path)
     env = lmdb.open(str(ckpt / "state.lmdb"), subdir=True, map_size=1 << 30)
-    with env.begin(write=True) as txn:  # corrupt every user record: no generation to fall back to
-        for k, v in list(txn.cursor()):
-            if k[2:3] == USERS:
+    n = 0
+    with env.begin(write=True) as txn:  # corrupt every record of every user shard's generations:
+        for k, v in list(txn.cursor()):  # none verifies, however many the run wrote, so none to fall back to
+            if int.from_bytes(k[:2], "big") < OWNER_PART and k[2:3] in (USERS, EMIT, GLOBALS):
+                n += 1
                 b = bytearray(v)
                 b[len(b) // 2] ^= 0x40
                 txn.put(k, bytes(b))
     env.close()
+    assert n > 0
     proc = embedded(ckpt, "--model", "mf", "--param", "dim=16", "--checkpoint-fallback", "--log-format", "json")
     assert proc.returncode == 2, proc.stderr[-3000:]
     objs = json_lines(proc.stderr)
