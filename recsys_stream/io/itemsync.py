@@ -32,15 +32,17 @@ from dataclasses import replace
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ..items import Hub, Update, merged
-from .kafka import client, ensure_topics, producer_config
+from .kafka import KafkaSetupError, client, ensure_topics, producer_config
 
 log = logging.getLogger("recsys_stream.itemsync")
 
 MAGIC = b"RSU1"
 _HEAD = struct.Struct(">4sI")
+_LEADER_ERRORS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART)
 DTYPES = {"<f4", "<f8", "<i4", "<i8", "<u1", "<u8"}
 MAX_MESSAGE = 8 << 20  # the sync topic's message limit; larger updates are split
 TARGET = 2 << 20  # split updates whose encoding passes this
@@ -247,10 +249,7 @@ class ItemSync:
         c.setdefault("fetch.message.max.bytes", MAX_MESSAGE)
         self.consumer = client(Consumer, c)
         md = self.consumer.list_topics(self.topic, timeout=15.0).topics[self.topic]
-        starts = []
-        for p in sorted(md.partitions):
-            _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=15.0)
-            starts.append(TopicPartition(self.topic, p, hi))
+        starts = [TopicPartition(self.topic, p, self._end_offset(p)) for p in sorted(md.partitions)]
         self.consumer.assign(starts)
         pc = producer_config(self.conf)
         pc["message.max.bytes"] = MAX_MESSAGE + 65536
@@ -262,6 +261,20 @@ class ItemSync:
             t = threading.Thread(target=fn, name=f"item-sync-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _end_offset(self, partition: int, timeout: float = 30.0) -> int:
+        """The partition's end; retried while its leader moves or is being elected (another
+        process of the cluster may have created the topic an instant ago)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=15.0)[1]
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = err is not None and (err.retriable() or err.code() in _LEADER_ERRORS)
+                if not retriable or time.monotonic() > deadline:
+                    raise KafkaSetupError(f"{self.topic} [{partition}]: cannot read its end offset ({exc})") from None
+                time.sleep(0.1)
 
     # -- publish -----------------------------------------------------------------------
 

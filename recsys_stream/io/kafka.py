@@ -157,8 +157,28 @@ def ensure_topics(conf: dict, topics: list[str], partitions: int, replication: i
             if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise KafkaSetupError(f"cannot create topic {t!r}: {exc}") from None
+    wait_for_leaders(a, missing, timeout)
     log.info("created topics %s", missing)
     return missing
+
+
+def wait_for_leaders(a, topics: list[str], timeout: float = 30.0) -> None:
+    """Until the metadata shows a leader for every partition of ``topics`` (a topic just
+    created has none for a moment: offsets and produce requests fail meanwhile)."""
+    deadline = time.monotonic() + timeout
+    pending = list(topics)
+    while pending:
+        try:
+            md = a.list_topics(timeout=max(deadline - time.monotonic(), 1.0)).topics
+        except KafkaException:
+            md = {}
+        pending = [t for t in pending if t not in md or md[t].error is not None or not md[t].partitions
+                   or any(p.leader < 0 for p in md[t].partitions.values())]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaSetupError(f"topics {pending} were created but have no partition leader after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 # -- source ---------------------------------------------------------------------------
