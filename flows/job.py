@@ -114,10 +114,19 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
         topic_partitions(conf, cfg.items_topic)
         catalog = KafkaBatchSource(conf, cfg.items_topic, start="earliest", batch_size=cfg.batch_size,
                                    exit_at_end=cfg.exit_at_end, metrics=metrics)
+    msink = None
+    if cfg.evaluate:
+        # prequential metrics of the live job: every shard's results go to one sink partition
+        # (one worker of the cluster), printed when the job ends
+        settings = replace(settings, shard=replace(settings.shard, evaluate=True))
+        model = MODELS[cfg.model]
+        acc = MetricsAccumulator(k=cfg.k, rating=model.predicts_rating, like=model.predicts_like)
+        msink = MetricsSink(acc, RunClock(), progress=False, label="run")
     flow = build_flow(settings, source, raw=True, catalog_source=catalog,
                       lists_sink=KafkaListsSink(conf, cfg.output_topic, metrics),
-                      dead_letter_sink=KafkaDeadLetterSink(conf, cfg.dead_letter_topic), metrics=metrics, hub=hub)
-    return Job(flow, cfg, settings, sync=sync)
+                      dead_letter_sink=KafkaDeadLetterSink(conf, cfg.dead_letter_topic), metrics=metrics, hub=hub,
+                      metrics_sink=msink)
+    return Job(flow, cfg, settings, metrics=msink, sync=sync)
 
 
 def get_flow(config_path: str | None = None) -> Dataflow:

@@ -63,40 +63,57 @@ class Update:
     bucket: int
     origin: str  # the replica that sent it (process and worker)
     seq: int  # the replica's update counter
-    rows: np.ndarray  # int32 process rows (or external ids, ``ids``, across processes)
+    rows: np.ndarray  # int32 process rows (or, with ``ids``, codes into ``names``)
     add: dict  # array name -> differences, one row per ``rows``
     pop: tuple  # (rows, log increments) in kernel order
     pairs: dict  # pool -> (i, j, w) in kernel order
     glob: dict  # array name -> [(chunk, differences)]
-    ids: bool = False  # rows and log rows are external ids (it crossed processes)
-    catalog: list | None = None  # an owner's catalog operations [(id, active)] instead of changes
+    ids: bool = False  # row fields are codes into ``names``, the external ids (it crossed processes)
+    catalog: list | None = None  # an owner's catalog operations [(row or code, active)] instead of changes
     # the values before and after, by array name (rows: (before, after); globals: {chunk:
     # (before, after)}), for an owner whose values are still "before" to take "after"
     # exactly (``base + (after - base)`` can round differently from ``after``)
     exact: dict | None = None
     made: float = field(default_factory=time.time)  # wall time the replica made it (staleness)
 
+    # items crossing processes are named by id: ``names`` holds the distinct ids an update
+    # refers to and its row fields hold int32 codes into it (Python runs per distinct item,
+    # not per pair)
+    names: np.ndarray | None = None
+
     def as_ids(self, index: ItemIndex) -> "Update":
         """The same update naming items by id (to leave the process)."""
         if self.ids:
             return self
         ids = index.ids.ids
-        name = lambda rows: [ids[r] for r in np.asarray(rows)]  # noqa: E731
-        cat = [(ids[r], act) for r, act in self.catalog] if self.catalog else self.catalog
-        return Update(self.bucket, self.origin, self.seq, name(self.rows), self.add, (name(self.pop[0]), self.pop[1]),
-                      {k: (name(i), name(j), w) for k, (i, j, w) in self.pairs.items()}, self.glob, True, cat,
-                      self.made, self.exact)
+        fields = [np.asarray(self.rows, np.int64), np.asarray(self.pop[0], np.int64)]
+        keys = list(self.pairs)
+        for k in keys:
+            i, j, _w = self.pairs[k]
+            fields += [np.asarray(i, np.int64), np.asarray(j, np.int64)]
+        cat_rows = np.array([r for r, _a in self.catalog], np.int64) if self.catalog else np.zeros(0, np.int64)
+        fields.append(cat_rows)
+        allr = np.concatenate(fields)
+        uniq, inv = np.unique(allr, return_inverse=True)
+        names = np.empty(len(uniq), dtype=object)
+        names[:] = [ids[r] for r in uniq.tolist()]
+        codes = np.split(inv.astype(np.int32), np.cumsum([len(f) for f in fields])[:-1])
+        pairs = {k: (codes[2 + 2 * t], codes[3 + 2 * t], self.pairs[k][2]) for t, k in enumerate(keys)}
+        cat = [(int(c), act) for c, (_r, act) in zip(codes[-1].tolist(), self.catalog)] if self.catalog \
+            else self.catalog
+        return Update(self.bucket, self.origin, self.seq, codes[0], self.add, (codes[1], self.pop[1]), pairs,
+                      self.glob, True, cat, self.exact, self.made, names)
 
     def as_rows(self, index: ItemIndex) -> "Update":
         """The same update naming items by this process's rows (made if new)."""
         if not self.ids:
             return self
-        rows = lambda ids: index.rows(np.asarray(ids, dtype=object))[0].astype(np.int32) if len(ids) else \
-            np.zeros(0, np.int32)  # noqa: E731
-        cat = [(index.add(i), act) for i, act in self.catalog] if self.catalog else self.catalog
+        local = index.rows(self.names)[0].astype(np.int32) if len(self.names) else np.zeros(0, np.int32)
+        rows = lambda codes: local[np.asarray(codes, np.int64)]  # noqa: E731
+        cat = [(int(local[c]), act) for c, act in self.catalog] if self.catalog else self.catalog
         return Update(self.bucket, self.origin, self.seq, rows(self.rows), self.add, (rows(self.pop[0]), self.pop[1]),
                       {k: (rows(i), rows(j), w) for k, (i, j, w) in self.pairs.items()}, self.glob, False, cat,
-                      self.made, self.exact)
+                      self.exact, self.made)
 
 
 def _merge_specs(state: ItemState, kinds) -> list:
@@ -302,6 +319,8 @@ class Replica:
                 pairs[name] = (pool.lg_i[:k].copy(), pool.lg_j[:k].copy(), pool.lg_w[:k].copy())
             pool.lg_n[0] = 0
         glob: list = []  # (bucket, name, chunk, differences)
+        marks = []  # dirty-chunk arrays read: cleared once every array has been read, as
+        # arrays may share one (ftrl.z and ftrl.n: clearing it after z would lose n's changes)
         for s in self.glob_add:
             arr, base = a[s.name], self.base[s.name]
             dirty = a[s.dirty] if s.dirty else None
@@ -317,7 +336,9 @@ class Replica:
                 base[lo:hi] = now
                 glob.append((global_bucket(s.name, int(c), B), s.name, int(c), d))
             if dirty is not None:
-                dirty[:] = 0
+                marks.append(dirty)
+        for dirty in marks:
+            dirty[:] = 0
         made = time.time()
         if not split:
             if not (len(rows) or len(pop[0]) or pairs or glob):

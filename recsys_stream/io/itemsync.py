@@ -28,13 +28,14 @@ import logging
 import struct
 import threading
 import time
+import uuid
 from dataclasses import replace
 
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ..items import Hub, Update, merged
+from ..items import CHUNK, Hub, Update, merged
 from .kafka import KafkaSetupError, client, ensure_topics, producer_config
 
 log = logging.getLogger("recsys_stream.itemsync")
@@ -59,16 +60,19 @@ def sync_topic_name(output_topic: str) -> str:
 # -- the encoding -------------------------------------------------------------------------
 
 
-def encode(u: Update, process: int, seq: int, ids) -> bytes:
-    """``u`` (rows of this process, ``ids`` its index's ids) as bytes."""
+def encode(u: Update, process: int, seq: int, ids, run: str = "") -> bytes:
+    """``u`` (rows of this process, ``ids`` its index's ids; or codes into ``ids``) as bytes;
+    ``run`` names the publishing process's run (its sequence numbers start again at 1)."""
     table: dict = {}
 
     def idx(rows) -> np.ndarray:
+        # Python per distinct row, not per pair
         rows = np.asarray(rows, np.int64)
-        out = np.empty(len(rows), np.int32)
-        for t, r in enumerate(rows.tolist()):
-            out[t] = table.setdefault(ids[r], len(table))
-        return out
+        if not len(rows):
+            return np.zeros(0, np.int32)
+        uniq, inv = np.unique(rows, return_inverse=True)
+        codes = np.fromiter((table.setdefault(ids[r], len(table)) for r in uniq.tolist()), np.int32, len(uniq))
+        return codes[inv]
 
     arrays: list = []
     blobs: list = []
@@ -100,13 +104,13 @@ def encode(u: Update, process: int, seq: int, ids) -> bytes:
     names = [None] * len(table)
     for k, v in table.items():
         names[v] = k
-    head = orjson.dumps({"b": u.bucket, "o": u.origin, "p": process, "s": seq, "m": u.made, "ids": names,
+    head = orjson.dumps({"b": u.bucket, "o": u.origin, "p": process, "r": run, "s": seq, "m": u.made, "ids": names,
                          "arrays": arrays, "glob": glob, "cat": cat})
     return _HEAD.pack(MAGIC, len(head)) + head + b"".join(blobs)
 
 
-def decode(data: bytes, n_buckets: int) -> tuple[int, int, Update]:
-    """(publishing process, sequence number, the update naming items by id); a message
+def decode(data: bytes, n_buckets: int) -> tuple[int, str, int, Update]:
+    """(publishing process, its run, sequence number, the update naming items by id); a message
     that is not one is a ``SyncFormatError`` saying why."""
     if len(data) < _HEAD.size:
         raise SyncFormatError("shorter than the header")
@@ -121,7 +125,7 @@ def decode(data: bytes, n_buckets: int) -> tuple[int, int, Update]:
         ids = h["ids"]
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
             raise SyncFormatError("ids: expected a list of strings")
-        bucket, proc, seq = int(h["b"]), int(h["p"]), int(h["s"])
+        bucket, proc, seq, run = int(h["b"]), int(h["p"]), int(h["s"]), str(h.get("r", ""))
         if not 0 <= bucket < n_buckets:
             raise SyncFormatError(f"bucket {bucket} is not one of the job's {n_buckets}")
         got: dict = {}
@@ -139,11 +143,14 @@ def decode(data: bytes, n_buckets: int) -> tuple[int, int, Update]:
             if field in ("rows", "pop_i", "pair_i", "pair_j") and a.size and (a.min() < 0 or a.max() >= len(ids)):
                 raise SyncFormatError(f"{field} {name}: an item index outside the {len(ids)} ids")
             got.setdefault(field, []).append((name, a))
+        return _assemble(h, got, ids, bucket, proc, seq, run)
     except SyncFormatError:
         raise
-    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-        raise SyncFormatError(f"malformed header: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, orjson.JSONDecodeError) as exc:
+        raise SyncFormatError(f"malformed header: {exc!r}") from None
 
+
+def _assemble(h: dict, got: dict, ids: list, bucket: int, proc: int, seq: int, run: str):
     def one(field):
         v = got.get(field)
         if not v or len(v) != 1:
@@ -153,8 +160,9 @@ def decode(data: bytes, n_buckets: int) -> tuple[int, int, Update]:
     def named(field):
         return {name: a for name, a in got.get(field, [])}
 
-    names = np.array(ids, dtype=object)
-    rows = names[one("rows")]
+    names = np.empty(len(ids), dtype=object)
+    names[:] = ids
+    rows = one("rows").astype(np.int32)
     add = named("add")
     for name, d in add.items():
         if len(d) != len(rows):
@@ -167,7 +175,7 @@ def decode(data: bytes, n_buckets: int) -> tuple[int, int, Update]:
     for name in pi:
         if name not in pj or name not in pw or not len(pi[name]) == len(pj[name]) == len(pw[name]):
             raise SyncFormatError(f"pairs {name}: i, j and w of one length expected")
-        pairs[name] = (names[pi[name]], names[pj[name]], pw[name])
+        pairs[name] = (pi[name].astype(np.int32), pj[name].astype(np.int32), pw[name])
     globs = got.get("glob", [])
     if len(globs) != len(h["glob"]):
         raise SyncFormatError("glob: the chunks and their differences disagree")
@@ -182,9 +190,39 @@ def decode(data: bytes, n_buckets: int) -> tuple[int, int, Update]:
         for t, a in h["cat"]:
             if not 0 <= int(t) < len(ids):
                 raise SyncFormatError("cat: an item index outside the ids")
-            cat.append((ids[int(t)], int(a)))
-    u = Update(bucket, str(h["o"]), seq, rows, add, (names[pop_i], pop_x), pairs, glob, True, cat, float(h["m"]))
-    return proc, seq, u
+            cat.append((int(t), int(a)))
+    made = float(h["m"])
+    if not np.isfinite(made):
+        raise SyncFormatError("m: not a finite time")
+    u = Update(bucket, str(h["o"]), seq, rows, add, (pop_i.astype(np.int32), pop_x), pairs, glob, ids=True,
+               catalog=cat, made=made, names=names)
+    return proc, run, seq, u
+
+
+def fits(u: Update, replica) -> None:
+    """A ``SyncFormatError`` unless ``u``'s arrays are the replica's model's: differences of
+    known row arrays (one row of the array's shape per item), chunks of known global
+    arrays inside them, pools the model has. A well-formed message of another model or of
+    an attacker stops here, not in the worker applying it."""
+    rows = {s.name: s for s in replica.row_add}
+    glob = {s.name: s for s in replica.glob_add}
+    a = replica.state.arrays
+    for name, d in u.add.items():
+        if name not in rows:
+            raise SyncFormatError(f"add {name}: not an array of this model's item rows")
+        want = a[name].shape[1:]
+        if d.shape[1:] != want or d.dtype.kind != "f":
+            raise SyncFormatError(f"add {name}: differences of shape {d.shape[1:]} ({d.dtype}), rows are {want}")
+    for name, parts in u.glob.items():
+        if name not in glob:
+            raise SyncFormatError(f"glob {name}: not a global array of this model")
+        n = len(a[name])
+        for c, d in parts:
+            if d.ndim != 1 or c * CHUNK + len(d) > n or (len(d) != min(CHUNK, n - c * CHUNK)):
+                raise SyncFormatError(f"glob {name}: chunk {c} of {len(d)} values does not fit {n}")
+    for name in u.pairs:
+        if name not in replica.state.pools:
+            raise SyncFormatError(f"pairs {name}: not a neighbour pool of this model")
 
 
 def split(u: Update, parts: int) -> list[Update]:
@@ -209,7 +247,8 @@ def split(u: Update, parts: int) -> list[Update]:
         for name, c, d in gl[cut(len(gl), t)]:
             glob.setdefault(name, []).append((c, d))
         out.append(Update(u.bucket, u.origin, u.seq, u.rows[s], {k: v[s] for k, v in u.add.items()},
-                          (u.pop[0][sp], u.pop[1][sp]), pairs, glob, u.ids, u.catalog if t == 0 else None, u.made))
+                          (u.pop[0][sp], u.pop[1][sp]), pairs, glob, u.ids, u.catalog if t == 0 else None,
+                          made=u.made, names=u.names))
     return out
 
 
@@ -231,7 +270,8 @@ class ItemSync:
         self.replication = replication
         self.metrics = metrics
         self.seq = 0
-        self.seen: dict[int, int] = {}  # process -> the last sequence number read from it
+        self.run = uuid.uuid4().hex  # a restarted process numbers its messages from 1 again
+        self.seen: dict[tuple, int] = {}  # (process, run) -> the last sequence number read from it
         self.stopping = threading.Event()
         self.errors: list = []
         self.published = 0
@@ -315,7 +355,7 @@ class ItemSync:
 
     def _encode(self, u: Update, ids) -> bytes:
         self.seq += 1
-        return encode(u, self.process, self.seq, ids)
+        return encode(u, self.process, self.seq, u.names if u.ids else ids, self.run)
 
     def _produce(self, data: bytes) -> None:
         while True:
@@ -344,16 +384,22 @@ class ItemSync:
 
     def receive(self, data: bytes, partition: int = -1, offset: int = -1) -> bool:
         try:
-            proc, seq, u = decode(data, self.hub.n_buckets)
+            proc, run, seq, u = decode(data, self.hub.n_buckets)
         except SyncFormatError as exc:
             self.refused += 1
             log.error("item sync: %s partition %d offset %d refused: %s", self.topic, partition, offset, exc)
             return False
         if proc == self.process:
             return False
-        if seq <= self.seen.get(proc, 0):
+        try:
+            fits(u, self.hub.all[0]) if self.hub.all else None
+        except SyncFormatError as exc:
+            self.refused += 1
+            log.error("item sync: %s partition %d offset %d refused: %s", self.topic, partition, offset, exc)
+            return False
+        if seq <= self.seen.get((proc, run), 0):
             return False  # a retry's duplicate
-        self.seen[proc] = seq
+        self.seen[(proc, run)] = seq
         self.hub.deliver(u)
         self.received += 1
         return True

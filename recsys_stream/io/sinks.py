@@ -60,7 +60,10 @@ class _MetricsPartition(StatefulSinkPartition):
         acc = self.sink.acc
         for r in values:
             acc.add(r)
-        self.sink.clock.last_update = time.perf_counter()
+        clock = self.sink.clock
+        if clock.first_event is None:  # no source marked it (the live job): the first results do
+            clock.first_event = time.perf_counter()
+        clock.last_update = time.perf_counter()
         if self.sink.progress is not None:
             self.sink.progress.update(acc.events)
 
