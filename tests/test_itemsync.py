@@ -40,7 +40,8 @@ def two():
     h1.index.rows(np.array(["d", "x", "c"], dtype=object))  # process 1 numbers items otherwise
     rows0, _ = h0.index.rows(np.array(["a", "b", "c", "d"], dtype=object))
     r = dict(zip("abcd", rows0.tolist()))
-    u = Update(2, "p0w0", 5, np.array([r["a"], r["c"]], np.int32), {}, (np.array([r["a"], r["a"], r["d"]], np.int32),
+    adds = {"iev": np.array([1, 2], np.int64), "knn.n": np.array([1.0, 2.0])}  # an int and a float array of the model
+    u = Update(2, "p0w0", 5, np.array([r["a"], r["c"]], np.int32), adds, (np.array([r["a"], r["a"], r["d"]], np.int32),
                np.array([0.1, 0.2, 0.3])),
                {"knn": (np.array([r["a"], r["b"], r["a"]], np.int32), np.array([r["b"], r["a"], r["c"]], np.int32),
                         np.array([1.0, 1.0, 2.0]))}, {}, catalog=None)
@@ -104,6 +105,9 @@ def test_receive_applies_each_message_once_per_run(two):
     js, cs = pool.row(replica.state.arrays, a)
     got = dict(zip(names(h1.index, js), np.asarray(cs).tolist()))
     assert got["b"] == 2.0 and got["c"] == 4.0  # each pair once per accepted message
+    ia = replica.state.arrays
+    c = replica.state.index.ids.get("c")
+    assert (int(ia["iev"][a]), int(ia["iev"][c])) == (2, 4) and (ia["knn.n"][a], ia["knn.n"][c]) == (2.0, 4.0)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

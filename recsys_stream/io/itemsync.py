@@ -211,8 +211,10 @@ def fits(u: Update, replica) -> None:
         if name not in rows:
             raise SyncFormatError(f"add {name}: not an array of this model's item rows")
         want = a[name].shape[1:]
-        if d.shape[1:] != want or d.dtype.kind != "f":
-            raise SyncFormatError(f"add {name}: differences of shape {d.shape[1:]} ({d.dtype}), rows are {want}")
+        kinds = "f" if a[name].dtype.kind == "f" else "iu"
+        if d.shape[1:] != want or d.dtype.kind not in kinds:
+            raise SyncFormatError(f"add {name}: differences of shape {d.shape[1:]} ({d.dtype}) for rows of shape "
+                                  f"{want} ({a[name].dtype})")
     for name, parts in u.glob.items():
         if name not in glob:
             raise SyncFormatError(f"glob {name}: not a global array of this model")
@@ -412,3 +414,5 @@ class ItemSync:
             self.consumer.close()
         except Exception:  # noqa: BLE001
             pass
+        log.info("item sync: published %d message(s), received %d, refused %d", self.published, self.received,
+                 self.refused)
