@@ -68,8 +68,8 @@ class RunConfig:
                           "directory); fixed for a checkpoint's life")
     item_buckets: int = setting(16, "item buckets, each with one owner of its items' values; fixed for a "
                                 "checkpoint's life")
-    sync_interval_s: float = setting(1.0, "a cluster of processes: owners publish changed item rows to the other "
-                                     "processes at most this often (the bound on staleness)", commands=(RUN,),
+    sync_interval_s: float = setting(1.0, "a cluster of processes: owners publish the item updates they applied to "
+                                     "the other processes every S seconds (the bound on staleness)", commands=(RUN,),
                                      metavar="S")
     batch_size: int = setting(2000, "messages per poll (run) / events per source batch (backtest; 0: 4096 shared "
                               "by the workers, so a worker sees the others' item updates every 4096 events of the "
