@@ -17,6 +17,12 @@ import numpy as np
 
 def list_record(user: str, items: list, scores, model: str, version: int, event_ts: float, partition: int,
                 offset: int, ingest_ts: float | None = None) -> dict:
+    """The list record of ``user`` (see the module docstring):
+
+    >>> list_record("42", ["i3", "i9"], [0.91, 0.88], "itemknn", 17, 1700000000.5, 0, 1234)
+    {'user': '42', 'items': ['i3', 'i9'], 'scores': [0.91, 0.88], 'model': 'itemknn', 'version': 17,
+     'event_ts': 1700000000.5, 'trigger': {'partition': 0, 'offset': 1234}}
+    """
     rec = {
         "user": user,
         "items": items,

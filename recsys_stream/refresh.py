@@ -26,6 +26,23 @@ import numpy as np
 
 @dataclass
 class RefreshPolicy:
+    """The policy of one key group (see the module docstring). A batch where user ``a``
+    has two events and ``b`` one, at wall time 100 with a 10 s interval:
+
+    >>> p = RefreshPolicy(interval_s=10.0)
+    >>> users = np.array(["a", "a", "b"], dtype=object)
+    >>> want, leading = p.choose(users, np.array([True, False, True]), np.array([False, True, True]), now=100.0)
+    >>> want.tolist(), leading.tolist()
+    ([True, True, True], [True, False, True])
+    >>> recs = [{"user": "a", "version": 1}, {"user": "a", "version": 2}, {"user": "b", "version": 1}]
+    >>> p.after(recs, leading[want].tolist(), now=100.0)  # the leading edges go at once
+    [{'user': 'a', 'version': 1}, {'user': 'b', 'version': 1}]
+    >>> p.next_due(), p.due(109.0)
+    (110.0, [])
+    >>> p.due(110.0)  # the trailing edge: a's latest list, when the interval ends
+    [{'user': 'a', 'version': 2}]
+    """
+
     interval_s: float
     last_sent: dict = field(default_factory=dict)  # user -> wall time of the last list sent
     pending: dict = field(default_factory=dict)  # user -> list record waiting for the trailing edge

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -79,8 +80,15 @@ def test_bytewax_runner_on_the_job_factory():
     assert recs and all({"user", "items", "version"} <= set(r) for r in recs)
 
 
+def free_port() -> int:
+    """A port nothing listens on now: the system's pick for port 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def test_metrics_endpoint_serves_the_counters():
-    port = 19400 + os.getpid() % 500
+    port = free_port()
     job = subprocess.Popen([sys.executable, "-m", "recsys_stream.cli", "run", "--events", "40000", "--rate", "8000",
                             "--metrics-port", str(port), "--log-format", "json"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True, cwd=ROOT)

@@ -80,9 +80,34 @@ def test_versions_increase_and_the_last_list_reflects_the_last_event(round_trip)
         assert versions[-1] == counts[u]  # the duplicate was not applied; trailing edge sent
 
 
-def test_refresh_policy_bounds_lists(round_trip):
-    events, lists, _dl = round_trip
-    assert len(lists) < len(events)  # throttled: not one list per event
+@pytest.fixture(scope="module")
+def throttled(kafka):
+    """A job whose refresh interval (an hour) outlasts it, reading polls of 20 messages from
+    2 partitions: most users' events span many batches."""
+    events = generate(GeneratorSettings(events=2_000, users=60, items=80, seed=23))
+    inp = ku.create_topic(kafka, ku.unique("in"), partitions=2)
+    out = ku.unique("out")
+    ku.produce(kafka, inp, list(event_messages(events, "gen")))
+    proc = ku.run_job("--brokers", kafka, "--input-topic", inp, "--output-topic", out, "--dead-letter-topic",
+                      ku.unique("dead"), "--refresh-interval", "3600", "--batch-size", "20", "--exit-at-end")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = defaultdict(int)
+    for u in events.user:
+        counts[u] += 1
+    expected = sum(2 if c > 1 else 1 for c in counts.values())
+    return counts, ku.records(ku.consume_all(kafka, out, min_count=expected))
+
+
+def test_refresh_policy_bounds_lists(throttled):
+    """Within one interval a user gets the list of their first event at once (the leading
+    edge) and then only the list of their latest event when the interval ends or the input
+    does (the trailing edge): versions [1, n] for a user with n events, however many batches
+    the events came in (without the policy: one list per batch with the user's events)."""
+    counts, recs = throttled
+    got = defaultdict(list)
+    for r in recs:
+        got[r["user"]].append(r["version"])
+    assert dict(got) == {u: [1, n] if n > 1 else [1] for u, n in counts.items()}
 
 
 def test_malformed_messages_land_on_the_dead_letter_topic(round_trip):
@@ -110,20 +135,87 @@ def test_retired_item_disappears_from_new_lists(kafka):
                         "--items-topic", items_topic, "--refresh-interval", "0", "--model", "pop")
     try:
         first = ku.consume_all(kafka, out, min_count=50, expect_idle_s=2.0)
-        top = ku.records(first)[-1]["items"][0]  # the most popular item the user had not seen
+        # probes: new users, who have seen nothing but one item, get the popularity list of
+        # everything else; one probe at a time, each answered before the next
+        tail = Tail(kafka, out)
+        probe_item = ev.item[0]
+        probes = 0
+
+        def probe() -> list:
+            nonlocal probes
+            user = f"probe-{probes}"
+            event = {"user": user, "item": probe_item, "ts": float(ev.ts[1499]) + probes, "type": "view",
+                     "value": 1.0, "id": f"probe:{probes}"}
+            ku.produce(kafka, inp, [(user.encode(), orjson.dumps(event))])
+            probes += 1
+            return tail.until(lambda r: r["user"] == user, proc)["items"]
+
+        top = probe()[0]  # the most popular item (but the probe's)
         ku.produce(kafka, items_topic, [(top.encode(), orjson.dumps({"item": top, "op": "retire"}))])
-        time.sleep(3.0)  # the catalog operation reaches every shard
+        # wait for the retirement to reach the shards (the job runs one worker: one item
+        # replica): until then a probe's list still starts with it
+        while True:
+            assert probes < 200, "the retirement never reached the shard"
+            items = probe()
+            if top not in items:
+                break
+            assert items[0] == top
         ku.produce(kafka, inp, msgs[1500:])
-        after = ku.consume_all(kafka, out, min_count=len(first) + 50, expect_idle_s=3.0)
+        # each user's last event of a batch gets its list (--refresh-interval 0): wait for
+        # the list of every user's last event
+        counts = defaultdict(int)
+        for u in ev.user:
+            counts[u] += 1
+        waiting = set(ev.user[1500:])
+
+        def done(r) -> bool:
+            if counts.get(r["user"]) == r["version"]:
+                waiting.discard(r["user"])
+            return not waiting
+
+        tail.until(done, proc)
+        tail.close()
     finally:
         proc.terminate()
         proc.wait(60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # lists triggered by events after the retirement (input offsets from 1500 on)
-    new = [r for r in ku.records(after) if r["trigger"]["offset"] >= 1500]
+    # lists triggered by the events after the probes (input offsets from 1500 + probes on)
+    new = [r for r in tail.records if r["trigger"]["offset"] >= 1500 + probes]
     assert len(new) >= 50 and all(top not in r["items"] for r in new)
     # it was popular: before retirement it was recommended
     assert sum(top in r["items"] for r in ku.records(first)) > 10
+
+
+class Tail:
+    """Reads a topic from the beginning as the job writes it, keeping its place."""
+
+    def __init__(self, boot: str, topic: str):
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka.admin import AdminClient
+
+        parts = AdminClient({"bootstrap.servers": boot}).list_topics(topic=topic, timeout=10).topics[topic].partitions
+        self.consumer = Consumer({"bootstrap.servers": boot, "group.id": ku.unique("tail"),
+                                  "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        self.records: list[dict] = []
+
+    def until(self, pred, job, max_wait_s: float = 120.0) -> dict:
+        """The next record for which ``pred`` holds (read in order); fails if the job exits
+        first (or, as a guard, after ``max_wait_s``)."""
+        deadline = time.monotonic() + max_wait_s
+        while time.monotonic() < deadline:
+            m = self.consumer.poll(0.2)
+            if m is None or m.error() is not None:
+                assert job.poll() is None, job.stderr.read()[-2000:]
+                continue
+            rec = orjson.loads(m.value())
+            self.records.append(rec)
+            if pred(rec):
+                return rec
+        pytest.fail(f"no such record within {max_wait_s} s")
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def test_missing_input_topic_is_a_clear_error(kafka):

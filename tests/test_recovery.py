@@ -53,12 +53,14 @@ def latest_lists(kafka, out) -> dict:
 
 
 class ListCounter:
-    """Counts the lists on a topic as they arrive (the job creates the topic)."""
+    """Counts the lists on a topic as they arrive (the job creates the topic), and the
+    highest input offset that triggered one."""
 
     def __init__(self, kafka, topic):
         self.kafka, self.topic = kafka, topic
         self.consumer = None
         self.n = 0
+        self.top = -1
 
     def count(self) -> int:
         if self.consumer is None:
@@ -72,15 +74,29 @@ class ListCounter:
                                       "enable.auto.commit": False})
             self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in t[self.topic].partitions])
         msgs = self.consumer.consume(1000, 0.05)  # one poll: the caller decides when to look again
-        self.n += sum(1 for m in msgs if m.error() is None)
+        for m in msgs:
+            if m.error() is None:
+                self.n += 1
+                self.top = max(self.top, orjson.loads(m.value())["trigger"]["offset"])
         return self.n
 
     def wait_for(self, n: int, job, timeout: float = 60.0) -> bool:
+        """Until ``n`` lists have arrived (True), or the job exits (False); the timeout is a
+        guard against a job that hangs."""
+        return self._wait(lambda: self.count() >= n, job, timeout)
+
+    def wait_for_offset(self, offset: int, job, timeout: float = 300.0) -> bool:
+        """Until a list triggered at input ``offset`` or later has arrived: the job has
+        applied every event up to it (the user of the last event gets a list, at once or at
+        the end of the refresh interval)."""
+        return self._wait(lambda: (self.count(), self.top)[1] >= offset, job, timeout)
+
+    def _wait(self, done, job, timeout: float) -> bool:
         deadline = time.time() + timeout
-        while self.count() < n:
+        while not done():
             if job.poll() is not None or time.time() > deadline:
                 return False
-            time.sleep(0.05)
+            time.sleep(0.05)  # the pace of the polls
         return True
 
     def close(self):
@@ -95,32 +111,54 @@ def test_killed_anywhere_the_state_and_lists_match_an_uninterrupted_run(kafka, t
     out_a = ku.unique("out-a")
     proc = ku.run_job(*job_args(kafka, inp, out_a, tmp_path / "a", model), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # run B: SIGKILL at random moments while it works, and twice from inside a checkpoint write
+    # run B: the same events, handed to the job a chunk at a time, so that a job started
+    # without --exit-at-end can never finish before the test kills it. Three times SIGKILL
+    # at a moment set by its output (a random number of new lists), then once inside a
+    # checkpoint write and once after LMDB committed (fault points), then to the end.
+    msgs = list(event_messages(ev, "gen"))
+    chunks = [msgs[a : a + 5_000] for a in range(0, len(msgs), 5_000)]
+    in_b = ku.create_topic(kafka, ku.unique("crash-in-b"), partitions=1)  # the same offsets as A's input
     out_b = ku.unique("out-b")
     ckpt = tmp_path / "b"
+    args = job_args(kafka, in_b, out_b, ckpt, model)
+    args.remove("--exit-at-end")
     rnd = random.Random(1234)
-    kills = 0
-    faults = ["checkpoint.mid-write@3", "checkpoint.after-commit@2"]
     counter = ListCounter(kafka, out_b)
-    for attempt in range(12):
-        env = {"RECSYS_FAULT": faults.pop(0)} if kills >= 3 and faults else None
-        job = ku.start_job(*job_args(kafka, inp, out_b, ckpt, model), env=env)
-        if env is None and kills < 3:
-            # let it make progress (new lists), then kill it at a random moment
-            if counter.wait_for(counter.count() + rnd.randint(200, 3000), job):
-                time.sleep(rnd.uniform(0.0, 0.5))
-                if job.poll() is None:
-                    job.send_signal(signal.SIGKILL)
-                    kills += 1
-        job.wait(600)
-        if job.returncode == 0:
-            break
-        assert job.returncode == -signal.SIGKILL, job.stderr.read()[-2000:]
-    else:
-        pytest.fail("the input was never consumed")
+    produced = 0
+
+    def feed():
+        nonlocal produced
+        chunk = chunks.pop(0)
+        ku.produce(kafka, in_b, chunk)
+        produced += len(chunk)
+
+    kills = 0
+    for _ in range(3):
+        # each chunk has > 1,800 distinct users, and every user with an event gets a list
+        # (leading edge, or trailing edge when the interval ends): the wait always ends
+        feed()
+        job = ku.start_job(*args)
+        assert counter.wait_for(counter.count() + rnd.randint(100, 1_500), job, timeout=300), \
+            job.stderr.read()[-2000:]
+        job.send_signal(signal.SIGKILL)
+        assert job.wait(60) == -signal.SIGKILL
+        kills += 1
+    for fault in ["checkpoint.mid-write@3", "checkpoint.after-commit@2"]:
+        # a chunk at a time, each applied before the next, until the fault point kills it
+        # (checkpoints are written as it works)
+        job = ku.start_job(*args, env={"RECSYS_FAULT": fault})
+        while job.poll() is None:
+            assert chunks, f"{fault} never fired: the input ran out"
+            feed()
+            counter.wait_for_offset(produced - 1, job)
+        assert job.wait(60) == -signal.SIGKILL, job.stderr.read()[-2000:]
+        kills += 1
     counter.close()
-    assert kills >= 3
-    assert not faults, "every fault point fired"
+    while chunks:
+        feed()
+    proc = ku.run_job(*(args + ["--exit-at-end"]), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert kills == 5
     assert digest(tmp_path / "a") == digest(ckpt)
     a, b = latest_lists(kafka, out_a), latest_lists(kafka, out_b)
     assert set(a) == set(b) == set(ev.user)

@@ -17,7 +17,17 @@ DEFAULT_MODEL = "itemknn"
 
 
 def model_params(name: str, **overrides) -> Params:
-    """Default parameters of model ``name`` with ``overrides`` applied (validated)."""
+    """Default parameters of model ``name`` with ``overrides`` applied (validated):
+
+    >>> model_params("mf", dim=8).dim
+    8
+    >>> model_params("mf", lr=0)
+    Traceback (most recent call last):
+    ValueError: parameter 'lr' must be > 0, got 0.0
+    >>> model_params("pop", dim=8)
+    Traceback (most recent call last):
+    ValueError: 'dim' does not apply to this model; its parameters: none
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     return MODELS[name].params_type().replace(**overrides)

@@ -29,9 +29,9 @@ class MFParams(Params):
     rating_max: float = 5.0
     quantized: bool = False  # rank on an int8 copy of the item factors
 
-    POSITIVE = ("dim", "lr")
-    NON_NEGATIVE = ("reg", "user_bias_lr_min", "user_bias_prior", "item_bias_lr_min", "item_bias_prior", "bias_reg",
-                    "init_std")
+    # the priors are > 0: a new user's (item's) first bias step is 1 / prior
+    POSITIVE = ("dim", "lr", "user_bias_prior", "item_bias_prior")
+    NON_NEGATIVE = ("reg", "user_bias_lr_min", "item_bias_lr_min", "bias_reg", "init_std")
 
     def __post_init__(self):
         super().__post_init__()
