@@ -223,14 +223,11 @@ class ShardLogic(StatefulBatchLogic):
 
     def _process(self, b: EventBatch, G: np.ndarray) -> ShardResult:
         sh = self.shard
-        b, G, replayed, dups, held, gaps = sh.select(b, G)
+        b, G, replayed, dups, held = sh.select(b, G)
         again = []
         if replayed is not None:
             self.metrics.replayed(len(replayed))
             again = self._replayed(replayed)
-        for g, part, first, top in gaps:
-            log.error("key group %d: after the restore, source partition %d resumed at %d but the state has events up "
-                      "to %d only: %d event(s) are missing", g, part, first, top, first - top - 1)
         self.metrics.duplicates(dups)
         self.metrics.filtered(held)
         if len(b) == 0:

@@ -30,7 +30,6 @@ class EventFilter:
         self.dedupe_window_s = dedupe_window_s
         self.min_user_events = min_user_events
         self.applied: dict[int, int] = {}
-        self.resumed_from: dict[int, int] | None = None  # applied positions at a restore (gap check)
         self.recent_ids: dict = {}
         self.id_queue: deque = deque()
         self.waiting: dict = {}  # user -> events so far, for users below min_user_events
@@ -58,20 +57,6 @@ class EventFilter:
             top = int(b.seq[b.part == part].max())
             if top > self.applied.get(int(part), -1):
                 self.applied[int(part)] = top
-
-    def gap(self, b: EventBatch) -> list[tuple[int, int, int]]:
-        """After a restore, the first batch: (partition, first position received, last
-        applied) of every partition that resumed past the first unapplied event."""
-        first = self.resumed_from
-        if not first or len(b) == 0:
-            return []
-        self.resumed_from = None
-        out = []
-        for part, top in first.items():
-            sel = b.part == part
-            if sel.any() and int(b.seq[sel].min()) > top + 1:
-                out.append((part, int(b.seq[sel].min()), top))
-        return out
 
     # -- duplicates ---------------------------------------------------------------------
 
@@ -147,7 +132,6 @@ class EventFilter:
 
     def restore(self, state: dict) -> None:
         self.applied = {int(p): int(q) for p, q in state.get("applied", {}).items()}
-        self.resumed_from = dict(self.applied)
         self.id_queue = deque((float(t), e) for t, e in state.get("ids", []))
         self.recent_ids = {e: t for t, e in self.id_queue}
         self.waiting = dict(state.get("admission", {}))

@@ -113,7 +113,12 @@ class ShardResult:
 
 def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each event: how many earlier events of the same user the batch has, whether it
-    is the user's first and whether it is the user's last event in the batch."""
+    is the user's first and whether it is the user's last event in the batch:
+
+    >>> occ, first, last = occurrence(np.array([3, 1, 3, 3, 1]))
+    >>> occ.tolist(), first.tolist(), last.tolist()
+    ([0, 0, 1, 2, 1], [True, True, False, False, False], [False, False, False, True, True])
+    """
     n = len(U)
     order = np.argsort(U, kind="stable")
     Us = U[order]
@@ -199,6 +204,7 @@ class Shard:
             self.items = ItemState(self.model.item_specs(), s.half_life_days, s.seed, self.model.item_pools())
         else:
             self.items = self._items
+        self._item_features = 0  # item rows below this have their feature rows (models with features)
         old = getattr(self, "groups", {})
         self.groups: dict[int, Group] = {}
         for g, grp in old.items():  # a reset keeps the groups' checkpointers and policies
@@ -261,12 +267,14 @@ class Shard:
         """Split off what the key groups' filters say is not to be applied: events applied
         before a restore (replayed), duplicates, events of users not admitted yet.
         Returns (events to apply, their groups, replayed events or None, duplicates, held
-        back, gaps); gaps: (group, partition, first position received, last applied)."""
+        back). A group's applied positions cannot tell a gap in the input: a partition
+        carries many groups' events, so a group's next event may legitimately lie far past
+        its last one; that the input resumes where the state stands is Bytewax's committed
+        offsets' job, and the preflight checks that the store holds what they name."""
         if G is None:
             G = self.groups_of(b.user)
         keep = np.ones(len(b), dtype=bool)
         replayed = np.zeros(len(b), dtype=bool)
-        gaps = []
         for g, idx in group_runs(G):
             f = self.group(g).filter
             sub = b if len(idx) == len(b) else b.take(idx)
@@ -276,7 +284,6 @@ class Shard:
                 keep[idx[done]] = False
             live = idx[keep[idx]]
             sub = sub if len(live) == len(idx) else b.take(live)
-            gaps += [(g, part, first, top) for part, first, top in f.gap(sub)]
             uniq = f.unique_mask(sub)
             if uniq is not None:
                 keep[live[~uniq]] = False
@@ -285,7 +292,7 @@ class Shard:
         G2 = G if keep.all() else G[keep]
         b2, G2, held = self.admit(b2, G2)
         rep = b.take(np.flatnonzero(replayed)) if replayed.any() else None
-        return b2, G2, rep, dups, held, gaps
+        return b2, G2, rep, dups, held
 
     def admit(self, b: EventBatch, G: np.ndarray | None = None) -> tuple:
         """Bring back stored users of the batch that are not in memory, and hold back the
@@ -423,6 +430,8 @@ class Shard:
                        np.zeros(1, np.int8), np.array([WANT_LIST | PEEK], np.int32), np.zeros(2, np.int64),
                        np.zeros(0, np.uint64))
         out = outputs(1, k)
+        if self.model.uses_features:
+            self._fill_item_features()
         if row < 0:
             # nobody knows this user: the popularity list, nothing excluded (u = -1 reads no user row)
             self._popular(out)
@@ -460,15 +469,28 @@ class Shard:
     # -- helpers --------------------------------------------------------------------
 
     def _fill_features(self, U: np.ndarray, I: np.ndarray) -> None:
-        ua, ia = self.users.arrays, self.items.arrays
+        ua = self.users.arrays
         nu = ua["feat.nu"]
         new_u = np.unique(U[nu[U] == 0])
         if len(new_u):
             fill_rows(self.features, [self.users.ids.ids[r] for r in new_u], new_u, ua["feat.u"], nu, "user")
+        self._fill_item_features()
+
+    def _fill_item_features(self) -> None:
+        """Feature rows of every item row of the item side, not only of the batch's items: a
+        ranking or a list scores the whole catalog, and rows restored from a checkpoint or
+        made by another worker come without them (they are never stored or sent)."""
+        n = len(self.items)
+        lo = self._item_features
+        if n <= lo:
+            return
+        ia = self.items.arrays
         ni = ia["feat.ni"]
-        new_i = np.unique(I[ni[I] == 0])
-        if len(new_i):
-            fill_rows(self.features, [self.items.ids.ids[r] for r in new_i], new_i, ia["feat.i"], ni, "item")
+        rows = lo + np.flatnonzero(ni[lo:n] == 0)
+        if len(rows):
+            ids = self.items.ids.ids
+            fill_rows(self.features, [ids[r] for r in rows], rows, ia["feat.i"], ni, "item")
+        self._item_features = n
 
     def _new_recs(self, F: np.ndarray, topk: np.ndarray, seq: np.ndarray, k: int) -> list:
         from .kernels.core import mark_first_recs

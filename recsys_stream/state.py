@@ -297,6 +297,21 @@ class NeighborPool:
         o, n = int(arrays[f"{self.name}.off"][i]), int(arrays[f"{self.name}.nn"][i])
         return self.pj[o : o + n].copy(), self.pc[o : o + n].copy()
 
+    def rows(self, arrays: StateArrays, rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``row`` of many rows at once: (lengths, neighbours, counts), the rows' entries
+        concatenated in order (each row's as ``row`` gives them); ``n_rows``: the rows in use."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.is_dense:
+            sub = self.dense[:n_rows, :n_rows][rows]
+            r, js = np.nonzero(sub)
+            return np.bincount(r, minlength=len(rows)), js.astype(np.int32), sub[r, js]
+        off = arrays[f"{self.name}.off"][rows]
+        nn = arrays[f"{self.name}.nn"][rows].astype(np.int64)
+        total = int(nn.sum())
+        starts = np.repeat(off - np.cumsum(nn) + nn, nn)  # each entry's row offset, minus entries before it
+        idx = starts + np.arange(total)
+        return nn, self.pj[idx], self.pc[idx]
+
     def set_row(self, arrays: StateArrays, n_rows: int, i: int, js: np.ndarray, cs: np.ndarray) -> None:
         """Make row i exactly ``(js, cs)`` (a restore)."""
         if self.is_dense:
@@ -332,7 +347,7 @@ def user_core_specs(recent: int) -> list[ArraySpec]:
         ArraySpec("hist.len", ROW, (), "int64", stored=False),
         ArraySpec("hist.cap", ROW, (), "int64", stored=False),
         ArraySpec("dirty", ROW, (), "uint8", stored=False),
-        ArraySpec("last_ts", ROW, (), "float64", stored=False),  # the user's latest event time (expiry)
+        ArraySpec("last_ts", ROW, (), "float64"),  # the user's latest event time (expiry, and a read's clock)
     ]
 
 

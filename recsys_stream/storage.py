@@ -48,7 +48,7 @@ from typing import Iterator
 import lmdb
 import orjson
 
-FORMAT = 4
+FORMAT = 5
 # Entities longer than this (bytes) are keyed by their digest (see "Long entities").
 MAX_PLAIN_ENTITY = 256
 LONG = 0x8000
