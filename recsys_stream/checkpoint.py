@@ -126,8 +126,9 @@ class Checkpointer:
         records += [(GLOBALS, name, payload) for name, payload in codec.global_records(ua)]
         if self.with_items:
             iids = items.ids.ids
-            for row in np.flatnonzero(ia["dirty"][: len(items)]):
-                records.append((ITEMS, iids[row].encode("utf-8"), codec.encode_item(items, int(row))))
+            dirty = np.flatnonzero(ia["dirty"][: len(items)])
+            records += [(ITEMS, iids[r].encode("utf-8"), payload) for r, payload in
+                        zip(dirty.tolist(), codec.encode_items(items, dirty))]
             records += [(GLOBALS, name, payload) for name, payload in codec.global_records(ia)]
         records.append((EMIT, b"emit", orjson.dumps(emit)))
         staged = Staged(self.index, records, self.meta(), self.store.head(self.index) + 1)
@@ -375,7 +376,8 @@ class BucketCheckpointer:
             n = len(st)
             rows = np.flatnonzero((owner.dirty[:n] != 0) & (st.index.bucket[:n] == self.bucket))
             ids = st.index.ids.ids
-            records = [(ITEMS, ids[r].encode("utf-8"), codec.encode_item(st, int(r))) for r in rows]
+            records = [(ITEMS, ids[r].encode("utf-8"), payload) for r, payload in
+                       zip(rows.tolist(), codec.encode_items(st, rows))]
             mine: dict = {}
             for name, c in list(owner.glob_dirty):
                 if global_bucket(name, c, st.index.n_buckets) == self.bucket:

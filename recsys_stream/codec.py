@@ -105,6 +105,38 @@ def encode_item(items: ItemState, row: int) -> bytes:
     return b"".join(parts)
 
 
+def encode_items(items: ItemState, rows: np.ndarray) -> list[bytes]:
+    """``encode_item`` of many rows, byte for byte, with the work in arrays: Python runs
+    once per record to cut it out of one buffer."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    if n == 0:
+        return []
+    a = items.arrays
+    cols = [rows.astype(">u4").view(np.uint8).reshape(n, 4)]
+    for s in a.stored(ROW):
+        v = np.ascontiguousarray(a[s.name][rows])
+        cols.append(v.view(np.uint8).reshape(n, -1))
+    fixed = np.concatenate(cols, axis=1)
+    width = fixed.shape[1]
+    fixed_b = fixed.tobytes()
+    pools = []
+    for name in sorted(items.pools):
+        nn, js, cs = items.pools[name].rows(a, rows, len(items))
+        ends = np.cumsum(nn)
+        pools.append((nn.tolist(), (ends - nn).tolist(), _keys(items.index, js).tobytes(),
+                      cs.astype(np.float32).tobytes()))
+    out = []
+    pack = U32.pack
+    for t in range(n):
+        parts = [fixed_b[t * width:(t + 1) * width]]
+        for nn, starts, kb, cb in pools:
+            m, o = nn[t], starts[t]
+            parts += [pack(m), kb[8 * o:8 * (o + m)], cb[4 * o:4 * (o + m)]]
+        out.append(b"".join(parts))
+    return out
+
+
 def decode_item_into(items: ItemState, row: int, payload: bytes) -> None:
     """Copy an item record's values into ``row`` (which must exist; neighbours must be in
     the index already: load every item's id before any item's values)."""

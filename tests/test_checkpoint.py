@@ -15,7 +15,9 @@ from recsys_stream.models import model_params
 from recsys_stream.shard import Shard, ShardSettings
 from recsys_stream.storage import USERS, CheckpointError, Store, decode, split_key
 
-MODELS = ["mf", "implicit", "itemknn", "ftrl", "hybrid", "pop"]
+from recsys_stream.models import MODELS as _REGISTRY  # noqa: E402
+
+MODELS = list(_REGISTRY)  # every registered model
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +223,20 @@ def test_no_snapshot_means_leftovers_are_dropped(tmp_path, log):
     batch = log.slice(500, 600)
     logic.on_batch([("events", 0, (np.zeros(len(batch), np.int32), batch))])
     assert open_store(fs.checkpoint).head(0) == 0  # the crash's generation is gone
+
+
+@pytest.mark.parametrize("model,extra", [(m, {}) for m in MODELS] + [("itemknn", {"dense_items": 64}),
+                                                                       ("hybrid", {"dense_items": 64})])
+def test_items_encoded_in_a_batch_are_the_records_one_at_a_time(log, model, extra):
+    """The batched item encoding (checkpoints of item buckets) writes exactly what the
+    per-item one does, for every model, neighbour lists dense and in pools."""
+    from recsys_stream import codec
+
+    sh = Shard(0, ShardSettings(model=model, params=model_params(model, **extra), seed=7))
+    run(sh, log)
+    it = sh.items
+    if extra:
+        assert not next(iter(it.pools.values())).is_dense
+    rows = np.r_[np.arange(len(it))[::-1], [0, 0]]  # any order, repeats
+    assert codec.encode_items(it, rows) == [codec.encode_item(it, int(r)) for r in rows]
+    assert codec.encode_items(it, np.zeros(0, np.int64)) == []
