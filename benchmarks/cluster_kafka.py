@@ -141,12 +141,13 @@ def staleness(boot: str, inp: str, models: list[str], intervals: list[float], ra
     for model in models:
         ref = run(boot, inp, model, 1, 1, ["--max-rate", str(rate / partitions)])
         rows.append({"model": model, "sync_interval_s": None, "processes": 1, "metric": METRIC[model],
-                     "value": ref[METRIC[model]]})
+                     "value": ref[METRIC[model]], "events_per_s": ref.get("events_per_s")})
         log(f"cluster_kafka: {model} 1 process: {METRIC[model]} {ref[METRIC[model]]:.4f}")
         for iv in intervals:
             s = run(boot, inp, model, 2, 1, ["--max-rate", str(rate / partitions), "--sync-interval", str(iv)])
             rows.append({"model": model, "sync_interval_s": iv, "processes": 2, "metric": METRIC[model],
-                         "value": s[METRIC[model]], "item_staleness_ms": s.get("item_staleness_ms")})
+                         "value": s[METRIC[model]], "item_staleness_ms": s.get("item_staleness_ms"),
+                         "events_per_s": s.get("events_per_s")})
             log(f"cluster_kafka: {model} 2 processes, sync {iv} s: {METRIC[model]} {s[METRIC[model]]:.4f}, "
                 f"staleness {s.get('item_staleness_ms')}")
     return rows

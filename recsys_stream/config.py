@@ -68,7 +68,7 @@ class RunConfig:
                           "directory); fixed for a checkpoint's life")
     item_buckets: int = setting(16, "item buckets, each with one owner of its items' values; fixed for a "
                                 "checkpoint's life")
-    sync_interval_s: float = setting(1.0, "a cluster of processes: owners publish the item updates they applied to "
+    sync_interval_s: float = setting(0.25, "a cluster of processes: owners publish the item updates they applied to "
                                      "the other processes every S seconds (the bound on staleness)", commands=(RUN,),
                                      metavar="S")
     batch_size: int = setting(2000, "messages per poll (run) / events per source batch (backtest; 0: 4096 shared "
@@ -92,6 +92,9 @@ class RunConfig:
     start: str = setting("earliest", "without a checkpoint, where to start reading", commands=(RUN,),
                          choices=("earliest", "latest"))
     partitions: int = setting(3, "partitions of the topics the job creates", commands=(RUN,))
+    output_compacted: bool = setting(True, "create the output topic with cleanup.policy=compact (it keeps every "
+                                     "user's latest list; false: delete retention); an existing topic is left as "
+                                     "it is", commands=(RUN,))
     replication: int = setting(1, "replication factor of the topics the job creates", commands=(RUN,))
     max_rate: float = setting(0.0, "throttle the input to N messages/s per partition (backfills); 0: off",
                               commands=(RUN,), metavar="N")
