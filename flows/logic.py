@@ -32,7 +32,7 @@ from recsys_stream.checkpoint import BucketCheckpointer, Checkpointer, write_sta
 from recsys_stream.events import EventBatch
 from recsys_stream.faults import fault_point
 from recsys_stream.features import FeatureStore
-from recsys_stream.items import Hub
+from recsys_stream.hub import Hub
 from recsys_stream.records import list_record
 from recsys_stream.refresh import RefreshPolicy
 from recsys_stream.settings import FlowSettings

@@ -34,7 +34,7 @@ from recsys_stream.checkpoint import OWNER_PART, committed, restore_buckets
 from recsys_stream.events import EventBatch
 from recsys_stream.features import FeatureStore
 from recsys_stream.io.parse import CatalogParser, EventParser
-from recsys_stream.items import Hub
+from recsys_stream.hub import Hub
 from recsys_stream.obs import NullMetrics
 from recsys_stream.routing import UserRouter, bucket_keys, bytewax_worker, shard_keys
 from recsys_stream.settings import CheckpointSettings, FlowSettings
@@ -68,7 +68,6 @@ class Router:
         if len(batch) == 0:
             return []
         G = self.router.shards(batch.user).astype(np.int32)
-        keys = self.keys
         if self.total == 1:
             return self._one(0, G, batch)
         W = self.worker_of[G]

@@ -352,7 +352,7 @@ class BucketCheckpointer:
 
     def __init__(self, store: Store, owner, bucket: int, meta: dict, fault=None):
         self.store = store
-        self.owner = owner  # items.OwnerStore
+        self.owner = owner  # hub.OwnerStore
         self.bucket = bucket
         self.part = OWNER_PART + bucket
         self.base_meta = meta
@@ -433,7 +433,7 @@ def check_bucket_meta(written: dict, b: int, gen: int, meta: dict) -> None:
 
 
 def restore_buckets(store: Store, owner, gens: dict[int, int], meta: dict | None, rollback: bool = True) -> None:
-    """Load item buckets at the given generations into an owners' store (``items.Hub``),
+    """Load item buckets at the given generations into an owners' store (``hub.Hub``),
     rolling back what a crash left newer; every bucket's ids first, so rows (and neighbour
     keys) resolve, and the rows one process wrote come back as they were."""
     recs: list = []

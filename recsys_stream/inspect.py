@@ -107,7 +107,7 @@ def committed_handles(checkpoint_dir: str) -> dict[int, dict]:
 def _item_side(store: Store, bucket_gens: dict[int, int], shard_meta: dict | None):
     """The item side as the owners' committed generations hold it (read only)."""
     from .checkpoint import OWNER_PART, restore_buckets
-    from .items import OwnerStore
+    from .hub import OwnerStore
     from .models import MODELS
     from .state import ItemIndex, ItemState
 

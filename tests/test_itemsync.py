@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys_stream.io.itemsync import ItemSync, SyncFormatError, decode, encode, split
-from recsys_stream.items import Hub, Update
+from recsys_stream.hub import Hub
+from recsys_stream.items import Update
 from recsys_stream.models import MODELS
 from recsys_stream.state import ItemState
 

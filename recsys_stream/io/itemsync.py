@@ -1,7 +1,7 @@
 """The item side across processes: owners' updates through a Kafka topic.
 
 Inside a process, an owner forwards the updates it applied to the other replicas through
-memory (``items.Hub.forward``). A cluster of processes also puts them in the hub's
+memory (``hub.Hub.forward``). A cluster of processes also puts them in the hub's
 ``outbox``; ``ItemSync`` publishes that outbox every ``--sync-interval`` seconds (merged
 per bucket and origin replica, so a hot row travels once per interval however often it
 changed) to the sync topic, and reads what the other processes publish into every local
@@ -33,9 +33,10 @@ from dataclasses import replace
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ..items import CHUNK, Hub, Update, merged
+from ..hub import Hub
+from ..items import CHUNK, Update, merged
 from .kafka import KafkaSetupError, client, ensure_topics, producer_config
 
 log = logging.getLogger("recsys_stream.itemsync")
