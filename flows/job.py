@@ -98,9 +98,19 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
     n = topic_partitions(conf, cfg.input_topic)
     limit = topic_config(conf, cfg.input_topic, "max.message.bytes")
     dl_bytes = (int(limit) if limit and limit.isdigit() else 1048588) + 65536  # an input message and its headers
+    configs = {cfg.dead_letter_topic: {"max.message.bytes": str(dl_bytes)}}
+    if cfg.output_compacted and cfg.output_topic != cfg.dead_letter_topic:
+        # keyed by user: compaction keeps every user's latest list (``recsys-stream lists``)
+        configs[cfg.output_topic] = {"cleanup.policy": "compact"}
     created = ensure_topics(conf, [cfg.output_topic, cfg.dead_letter_topic], cfg.partitions, cfg.replication,
-                            configs={cfg.dead_letter_topic: {"max.message.bytes": str(dl_bytes)}})
+                            configs=configs)
     log.info("input %s has %d partition(s); created %s", cfg.input_topic, n, created or "nothing")
+    if cfg.output_topic in created:
+        log.info("output topic %s created with cleanup.policy=%s", cfg.output_topic,
+                 configs.get(cfg.output_topic, {}).get("cleanup.policy", "the broker's default (log.cleanup.policy)"))
+    else:
+        log.info("output topic %s exists: left as it is, cleanup.policy=%s", cfg.output_topic,
+                 topic_config(conf, cfg.output_topic, "cleanup.policy") or "unknown (cannot be read)")
     hub = make_hub(settings)
     sync = None
     if settings.processes > 1:

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import plugins
 from .config import BACKTEST, BacktestConfig, RunConfig, load_config
-from .events import EventBatch
+from .events import RATING, EventBatch
 from .features import FeatureStore
 from .generate import GeneratorSettings, generate
 from .io.readers import DeadLetter, ReaderError, read_events, write_dead_letters
@@ -59,14 +59,16 @@ def _log(msg: str, quiet: bool = False) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def load(cfg: RunConfig, b: BacktestConfig) -> Loaded:
-    """The events (read from ``b.data`` or generated), side features and dead letters."""
+def load(cfg: RunConfig, b: BacktestConfig, any_model: bool = False) -> Loaded:
+    """The events (read from ``b.data`` or generated), side features and dead letters.
+    ``any_model``: ratings are not checked against the model's range (``compare`` parses
+    once for several models; see ``restrict``)."""
     t0 = time.perf_counter()
     errors: list[DeadLetter] = []
     if b.data:
         _log(f"loading {b.data} ...", b.quiet)
         try:
-            value_range = MODELS[cfg.model](cfg.model_params()).value_range()
+            value_range = None if any_model else MODELS[cfg.model](cfg.model_params()).value_range()
             res = read_events(b.data, fmt=b.format or None, columns=b.columns or None, delimiter=b.delimiter,
                               default_type=b.event_type, sort=not b.no_sort, value_range=value_range)
         except (ReaderError, OSError) as exc:
@@ -123,23 +125,65 @@ def _replay(run_backtest, *args, **kw):
         raise
 
 
+def restrict(loaded: Loaded, cfg: RunConfig) -> tuple[Loaded, int]:
+    """``loaded`` (read with ``any_model``) as ``load`` would have read it for ``cfg``'s
+    model: the ratings outside the model's range left out (returns how many); the events
+    renumbered as the reader numbers them."""
+    value_range = MODELS[cfg.model](cfg.model_params()).value_range()
+    ev = loaded.events
+    if value_range is None or loaded.format == "generated":  # generated ratings are not checked
+        return loaded, 0
+    lo, hi = value_range
+    out = (ev.etype == RATING) & ~((ev.value >= lo) & (ev.value <= hi))
+    n_out = int(out.sum())
+    if not n_out:
+        return loaded, 0
+    kept = ev.take(np.flatnonzero(~out))
+    kept.seq = np.arange(len(kept), dtype=np.int64)
+    return replace(loaded, events=kept), n_out
+
+
+def write_dead_letter_file(loaded: Loaded, b: BacktestConfig) -> str | None:
+    """The malformed lines to the dead-letter file (see ``dead_letter_path``); its path, or
+    None when there are none."""
+    if not loaded.errors:
+        return None
+    if b.out:
+        os.makedirs(b.out, exist_ok=True)
+    dead_letter = dead_letter_path(b)
+    try:
+        write_dead_letters(dead_letter, loaded.errors)
+    except OSError as exc:
+        raise BacktestError(f"cannot write the dead letter {dead_letter}: {exc.strerror}") from None
+    first = loaded.errors[0]
+    _log(f"{len(loaded.errors):,} malformed line(s) written to {dead_letter} (first: line {first.line}: "
+         f"{first.reason})", b.quiet)
+    return dead_letter
+
+
 def run(cfg: RunConfig, b: BacktestConfig, started: float | None = None) -> BacktestResult:
     """The whole backtest (see the module docstring); ``started`` is when the process
     started, for ``startup_s``."""
     started = time.perf_counter() if started is None else started
     loaded = load(cfg, b)
-    dead_letter = None
-    if loaded.errors:
-        if b.out:
-            os.makedirs(b.out, exist_ok=True)
-        dead_letter = dead_letter_path(b)
-        try:
-            write_dead_letters(dead_letter, loaded.errors)
-        except OSError as exc:
-            raise BacktestError(f"cannot write the dead letter {dead_letter}: {exc.strerror}") from None
-        first = loaded.errors[0]
-        _log(f"{len(loaded.errors):,} malformed line(s) written to {dead_letter} (first: line {first.line}: "
-             f"{first.reason})", b.quiet)
+    dead_letter = write_dead_letter_file(loaded, b)
+    summary, res, latest = evaluate(cfg, b, loaded, dead_letter, started + loaded.load_s)
+    baseline = summary.get("baseline_pop")
+    if b.out:
+        window = b.window_events or curves_window(res.acc.events)
+        summary["seconds"] = round(time.perf_counter() - started, 4)
+        paths = write_report(b.out, summary, res.acc.curves(window), window, {"pop": baseline} if baseline else None)
+        _log(f"wrote {paths['metrics']}, {paths['curves']}, {paths['report']}", b.quiet)
+    summary["seconds"] = round(time.perf_counter() - started, 4)
+    return BacktestResult(summary, res, loaded, latest)
+
+
+def evaluate(cfg: RunConfig, b: BacktestConfig, loaded: Loaded, dead_letter: str | None, startup_origin: float,
+             invalid: int = 0) -> tuple[dict, object, dict]:
+    """Replay ``loaded`` through the dataflow with ``cfg``'s model: (summary, the
+    ``flows.backtest`` run, the watched users' latest lists). ``startup_s`` counts from
+    ``startup_origin`` to the end of the warm-up; ``invalid``: events left out beside
+    ``loaded.errors`` (``restrict``)."""
     log = loaded.events
     if len(log) == 0:
         raise BacktestError(f"{loaded.name}: no valid events")
@@ -154,7 +198,7 @@ def run(cfg: RunConfig, b: BacktestConfig, started: float | None = None) -> Back
                                                   workers=cfg.workers), workers=cfg.workers,
                                 batch_size=cfg.source_batch(), passes=b.passes, progress=not b.quiet)
     warm_up(shard, loaded.features)
-    startup_s = time.perf_counter() - started - loaded.load_s
+    startup_s = time.perf_counter() - startup_origin
     _log(f"replaying through the dataflow: model {cfg.model}, {cfg.workers} worker(s), {n_shards} shard(s), "
          f"batches of {cfg.source_batch():,}", b.quiet)
     run_backtest = plugins.flow("backtest")
@@ -165,7 +209,7 @@ def run(cfg: RunConfig, b: BacktestConfig, started: float | None = None) -> Back
     summary = {
         "data": loaded.name, "format": loaded.format, "model": cfg.model, "k": cfg.k, "seed": cfg.seed,
         "workers": cfg.workers, "shards": n_shards, "passes": b.passes, "params": shard.params.as_dict(),
-        "events": res.acc.events, "invalid": len(loaded.errors), **metrics,
+        "events": res.acc.events, "invalid": len(loaded.errors) + invalid, **metrics,
         "load_s": round(loaded.load_s, 4), "startup_s": round(startup_s, 4), "flow_s": round(flow_s, 4),
         "events_per_s": round(res.acc.events / flow_s, 1) if flow_s > 0 else None, "dead_letter": dead_letter,
     }
@@ -186,13 +230,7 @@ def run(cfg: RunConfig, b: BacktestConfig, started: float | None = None) -> Back
     latest = {}
     if watch and res.lists is not None:
         latest = {u: res.lists.latest[u] for u in watch if u in res.lists.latest}
-    if b.out:
-        window = b.window_events or curves_window(res.acc.events)
-        summary["seconds"] = round(time.perf_counter() - started, 4)
-        paths = write_report(b.out, summary, res.acc.curves(window), window, {"pop": baseline} if baseline else None)
-        _log(f"wrote {paths['metrics']}, {paths['curves']}, {paths['report']}", b.quiet)
-    summary["seconds"] = round(time.perf_counter() - started, 4)
-    return BacktestResult(summary, res, loaded, latest)
+    return summary, res, latest
 
 
 def backtest(data: str = "", **settings) -> BacktestResult:

@@ -2,8 +2,10 @@
 
     recsys-stream run [--config FILE] [--brokers B] [--input-topic T] ...   the live job
     recsys-stream backtest [DATA] [--model M] [--dim K] [--k 10] [--seed S] [--out DIR] ...
+    recsys-stream compare [DATA] --models itemknn,hybrid,pop [backtest options]  models side by side
     recsys-stream replay DATA --brokers B --topic T [--rate R]               a file into Kafka
     recsys-stream tail --brokers B --topic T                                 print the lists
+    recsys-stream lists --brokers B --topic T --user U [--user U2] [--json]  users' latest lists
     recsys-stream inspect DIR [--user U] [--item I] [--counts] [--json] [--digest]  a checkpoint
     recsys-stream generate OUT [--events N] ...
 
@@ -70,6 +72,37 @@ def cmd_backtest(args) -> int:
     if baseline and hr in summary:
         print(f"HR@{cfg.k}: {cfg.model} {summary[hr]:.4f} vs popularity {baseline[hr]:.4f}")
     print(dumps_line(summary), flush=True)
+    return 0
+
+
+# -- compare ------------------------------------------------------------------------
+
+
+def cmd_compare(args) -> int:
+    from .backtest import BacktestError
+    from .compare import model_configs, parse_models, run_compare
+    from .config import BACKTEST, ConfigError, backtest_config, flags_of
+    from .models import ModelDivergedError
+    from .report import dumps_line
+
+    try:
+        models = parse_models(args.models)
+        flags = flags_of(args, command=BACKTEST)
+        if "model" in flags:
+            raise ConfigError("--model: compare takes --models M1,M2,...")
+        cfgs = model_configs(models, getattr(args, "config", None), flags)
+        b = backtest_config(args)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+    def one(model, summary):
+        print(dumps_line(summary), flush=True)
+
+    try:
+        res = run_compare(cfgs, b, started=_T0, on_summary=one)
+    except (BacktestError, ModelDivergedError) as exc:
+        raise CliError(str(exc)) from None
+    print(dumps_line(res.summaries), flush=True)
     return 0
 
 
@@ -245,6 +278,35 @@ def cmd_tail(args) -> int:
     return 0
 
 
+def cmd_lists(args) -> int:
+    from .io.kafka import KafkaSetupError
+    from .io.lookup import latest_lists
+    from .report import dumps_line
+
+    if not args.timeout > 0:
+        raise CliError(f"--timeout: must be > 0, got {args.timeout}")
+    users = list(dict.fromkeys(args.user))
+    try:
+        found = latest_lists(_kafka_conf(args), args.topic, users, timeout=args.timeout)
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from None
+    missing = [u for u in users if u not in found]
+    if missing:
+        raise CliError(f"no list on topic {args.topic!r} for user(s) {', '.join(repr(u) for u in missing)}: unknown "
+                       "to the job (no event yet), or the wrong --topic")
+    for u in users:
+        p, offset, rec, version = found[u]
+        if args.json:
+            print(dumps_line(rec))
+            continue
+        items = rec.get("items") or []
+        scores = rec.get("scores") or [None] * len(items)
+        shown = ", ".join(f"{i} ({s:.4g})" if isinstance(s, (int, float)) else str(i) for i, s in zip(items, scores))
+        print(f"user {u} (version {version}, model {rec.get('model')}, partition {p} offset {offset}): "
+              f"{shown or '(empty list)'}")
+    return 0
+
+
 # -- inspect --------------------------------------------------------------------------
 
 
@@ -326,12 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_flags(b)
     b.set_defaults(func=cmd_backtest)
 
+    cp = sub.add_parser("compare", help="several models replayed on one stream, side by side",
+                        description="Replay one stream (read once) through the backtest dataflow with each model of "
+                                    "--models: one JSON summary per model, then one object keyed by model; --out "
+                                    "DIR: report.html with the models' curves overlaid.")
+    cp.add_argument("data", nargs="?", default=None, help="log file or MovieLens folder; omitted: a generated stream")
+    cp.add_argument("--models", required=True, metavar="M1,M2,...", help="the models to compare (comma-separated)")
+    cp.add_argument("--config", metavar="FILE", help="TOML settings ([job], [model.params])")
+    add_flags(cp, BacktestConfig, BACKTEST)
+    add_flags(cp, RunConfig, BACKTEST)
+    add_param_flags(cp)
+    cp.set_defaults(func=cmd_compare)
+
     run = sub.add_parser("run", help="the live job: Kafka in, lists out (without --brokers: a generated stream)",
                          description="Consume interaction events from Kafka, update the model per event and "
                                      "produce refreshed top-k lists. Without --brokers: a generated stream, lists "
                                      "on stdout. Settings: flags > RECSYS_* environment > --config TOML.")
     run.add_argument("--config", metavar="FILE", help="TOML settings ([job], [model.params], [kafka])")
     add_flags(run, RunConfig, RUN)
+    run.add_argument("--no-output-compacted", dest="output_compacted", action="store_false", default=None,
+                     help="create the output topic with delete retention instead of compaction")
     add_param_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -358,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "topic is an error at once; unreachable brokers after 15 s)")
     tl.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE")
     tl.set_defaults(func=cmd_tail)
+
+    ls = sub.add_parser("lists", help="print users' latest lists from the output topic (a lookup)",
+                        description="Read each user's partition (murmur2 of the key, as the job produces) from the "
+                                    "beginning to its end offset and print the record of the highest version.")
+    ls.add_argument("--brokers", required=True)
+    ls.add_argument("--topic", default="recommendations")
+    ls.add_argument("--user", action="append", required=True, help="a user id (repeatable)")
+    ls.add_argument("--json", action="store_true", help="each list as its JSON record, one per line")
+    ls.add_argument("--timeout", type=float, default=15.0, help="seconds to reach the brokers and read a partition")
+    ls.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE")
+    ls.set_defaults(func=cmd_lists)
 
     ins = sub.add_parser("inspect", help="what a checkpoint directory holds; --digest hashes the model state")
     ins.add_argument("checkpoint_dir")

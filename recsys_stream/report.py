@@ -1,5 +1,6 @@
 """Backtest outputs: ``metrics.json``, metric curves (CSV) and a self-contained HTML report
-with plots of the curves (PNG files, also embedded in the HTML)."""
+with plots of the curves (PNG files, also embedded in the HTML); ``compare``'s report
+overlays several models' curves (``write_compare_report``)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,123 @@ def write_report(out_dir: str, summary: dict, rows: list[dict], window: int, ext
         f.write("\n".join(body))
     paths["plots"] = [p for _t, p in images]
     return paths
+
+
+# the final figures of the comparison table, in this order (those some model has)
+TABLE = ("rmse", "mae", "logloss", "auc", "hr@{k}", "mrr@{k}", "ndcg@{k}", "coverage@{k}", "events", "invalid",
+         "events_per_s", "peak_rss_mb")
+STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+         "td,th{padding:2px 10px;text-align:right}th:first-child,td:first-child{text-align:left}"
+         "table{border-collapse:collapse;margin:1em 0}tr:nth-child(even){background:#f3f3f3}"
+         "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
+
+
+def _overlay_png(title: str, curves: dict[str, list[dict]], series: list[str]) -> tuple[bytes, list[str]] | None:
+    """One figure for a metric family: windowed metrics on the left, cumulative on the
+    right, a colour per model, a line style per metric; (PNG bytes, the panels' names), or
+    None when no model has any."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, [s for s in series if s.startswith("cum_") == cum]) for name, cum in
+              (("windowed", False), ("cumulative", True))]
+    panels = [(name, [s for s in ss if any(s in r for rows in curves.values() for r in rows)]) for name, ss in panels]
+    panels = [(name, ss) for name, ss in panels if ss]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), dpi=100, squeeze=False)
+    styles = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)))
+    for ax, (name, ss) in zip(axes[0], panels):
+        for c, (model, rows) in enumerate(curves.items()):
+            for j, s in enumerate(ss):
+                xs = [r["events"] for r in rows if s in r]
+                if not xs:
+                    continue
+                ax.plot(xs, [r[s] for r in rows if s in r], color=f"C{c % 10}", linestyle=styles[j % len(styles)],
+                        label=f"{model} {s}")
+        ax.set_title(f"{title}: {name}")
+        ax.set_xlabel("events replayed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue(), [name for name, _ss in panels]
+
+
+def _cell(v, col: str = "") -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and col in ("events_per_s", "peak_rss_mb"):
+        return f"{v:,.1f}"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return html.escape(str(v))
+
+
+def write_compare_report(out_dir: str, summaries: dict[str, dict], curves: dict[str, list[dict]], window: int,
+                         dead_letters: int = 0, dead_letter_path: str | None = None) -> str:
+    """``compare``'s outputs: ``summary.json`` (every model's summary, keyed by model),
+    ``curves.csv`` (every model's curves, a ``model`` column first) and one self-contained
+    ``report.html`` (CSS inline, the plots as data: URIs, no external reference);
+    returns the report's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "summary.json"), "wb") as f:
+        f.write(orjson.dumps(summaries, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    write_curves_csv(os.path.join(out_dir, "curves.csv"), [{"model": m, **r} for m, rows in curves.items()
+                                                            for r in rows])
+    first = next(iter(summaries.values()))
+    k = first.get("k", 10)
+    models = list(summaries)
+    cols = [c.format(k=k) for c in TABLE]
+    cols = [c for c in cols if any(c in s for s in summaries.values())]
+    e = html.escape
+    body = [
+        "<!doctype html><html lang='en'><meta charset='utf-8'><title>recsys-stream compare</title>",
+        f"<style>{STYLE}</style>",
+        f"<h1>Compared: {e(', '.join(models))} on {e(str(first.get('data')))}</h1>",
+        f"<p>Each model replayed through the same dataflow on the same stream (read once), prequentially: each "
+        f"event is scored with the model as it stands, then learned; k = {k}, seed {e(str(first.get('seed')))}, "
+        f"{e(str(first.get('workers')))} worker(s). Ranking: all items seen so far except the user's own; ties to "
+        "the item seen first.</p>",
+        "<h2>Final metrics</h2><table><tr><th>model</th>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>",
+    ]
+    for m, s in summaries.items():
+        body.append(f"<tr><td>{e(m)}</td>" + "".join(f"<td>{_cell(s.get(c), c)}</td>" for c in cols) + "</tr>")
+    body.append("</table>")
+    memory = {s.get("memory") for s in summaries.values()} - {None}
+    body.append("<p><code>events_per_s</code>: events from the first into the flow to the last metric update. "
+                f"<code>peak_rss_mb</code>: {e('; '.join(sorted(memory)) or 'peak RSS')}, in MiB; it includes what "
+                "the process already held (the parsed stream, earlier models' leftovers).</p>")
+    where = f", written to <code>{e(dead_letter_path)}</code>" if dead_letter_path else ""
+    body.append(f"<p>Dead letters: <b>{dead_letters:,}</b> malformed line(s){where}. A model's <code>invalid</code> "
+                "adds the ratings outside its range (left out for it only).</p>")
+    for title, series in PLOTS:
+        plot = _overlay_png(title, curves, [s.format(k=k) for s in series])
+        if plot is None:
+            continue
+        png, panels = plot
+        caption = {("windowed", "cumulative"): f"Windows of {window:,} events (left) and running values (right).",
+                   ("windowed",): f"Windows of {window:,} events.",
+                   ("cumulative",): f"Running values, every {window:,} events."}[tuple(panels)]
+        data = base64.b64encode(png).decode()
+        body.append(f"<h2>{e(title)}</h2><p>{caption}</p><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
+    body.append("<h2>Settings</h2><table>")
+    for m, s in summaries.items():
+        body.append(f"<tr><td>{e(m)}</td><td style='text-align:left'>{e(orjson.dumps(s.get('params')).decode())}"
+                    "</td></tr>")
+    body.append("</table></html>")
+    path = os.path.join(out_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(body))
+    return path
 
 
 def curves_window(events: int) -> int:

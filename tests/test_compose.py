@@ -175,6 +175,14 @@ def topics_ready() -> bool:
     return all(t in md.topics and len(md.topics[t].partitions) == n for t, n in TOPICS.items())
 
 
+def topic_policy(topic: str) -> str:
+    from confluent_kafka.admin import ConfigResource
+
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    admin = AdminClient({"bootstrap.servers": BOOT, "log_level": 0})  # held until the answer came
+    return admin.describe_configs([res])[res].result(30)["cleanup.policy"].value
+
+
 def counts_prefix(batch, n: int) -> collections.Counter:
     return collections.Counter(batch.user[:n])
 
@@ -242,6 +250,8 @@ def test_compose_stack_serves_lists_survives_a_killed_worker_and_leaves_nothing(
     log("up -d")
     stack.compose("up", "-d", "--no-build", "--pull", "never")
     wait_for("the topic step's topics", topics_ready)
+    assert topic_policy("recommendations") == "compact"  # the latest list per user stays readable (lists)
+    assert topic_policy("interactions") == "delete"
     for port in METRICS_PORTS:
         wait_for(f"metrics on :{port}", lambda port=port: metrics(port) is not None)
     lists = Lists()

@@ -1,0 +1,110 @@
+"""``recsys-stream compare``: several models on one stream, each with the figures of its own
+backtest, and one self-contained HTML report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from recsys_stream.generate import GeneratorSettings, generate
+from recsys_stream.io.readers import write_events_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("itemknn", "pop", "mf")
+# same options for compare and each backtest (one worker: deterministic)
+OPTIONS = ("--k", "5", "--seed", "3", "--window-events", "500", "--quiet")
+# the figures that must agree (timings and memory differ between runs)
+FIGURES = ("events", "invalid", "users", "items", "rmse", "mae", "logloss", "auc", "hr@5", "mrr@5", "ndcg@5",
+           "coverage@5", "params", "k", "seed", "format", "data")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recsys_stream.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A generated log as JSON Lines, plus a malformed line (a dead letter for every model)
+    and a rating of 9 (valid for itemknn and pop, outside mf's 1..5: left out for mf only)."""
+    path = tmp_path_factory.mktemp("compare") / "events.jsonl"
+    ev = generate(GeneratorSettings(events=3_000, users=150, items=100, seed=13))
+    write_events_jsonl(str(path), ev)
+    with open(path, "ab") as f:
+        f.write(b"{not json\n")
+        f.write(orjson.dumps({"user": ev.user[0], "item": ev.item[5], "ts": float(ev.ts[1500]), "type": "rating",
+                              "value": 9.0}) + b"\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def compared(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare-out")
+    proc = cli("compare", data, "--models", ",".join(MODELS), *OPTIONS, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, str(out)
+
+
+def test_each_model_has_the_figures_of_its_own_backtest(data, compared):
+    proc, _out = compared
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == len(MODELS) + 1
+    per_model, keyed = lines[:-1], lines[-1]
+    assert [s["model"] for s in per_model] == list(MODELS)
+    assert list(keyed) == list(MODELS) and all(keyed[s["model"]] == s for s in per_model)
+    for model in MODELS:
+        b = cli("backtest", data, "--model", model, *OPTIONS, "--show", "0")
+        assert b.returncode == 0, b.stderr[-3000:]
+        alone = json.loads(b.stdout.splitlines()[-1])
+        mine = keyed[model]
+        assert {f: mine.get(f) for f in FIGURES} == {f: alone.get(f) for f in FIGURES}, model
+    # the figures are the models' own (not one run repeated), and the range check is per model
+    assert keyed["itemknn"]["hr@5"] != keyed["pop"]["hr@5"] and "rmse" in keyed["mf"]
+    assert keyed["itemknn"]["invalid"] == keyed["pop"]["invalid"] == 1 and keyed["mf"]["invalid"] == 2
+    assert keyed["mf"]["events"] == keyed["pop"]["events"] - 1
+    assert all(s["peak_rss_mb"] > 0 and s["memory"].startswith("process peak RSS") for s in per_model)
+
+
+def test_report_is_self_contained_with_a_plot_per_curve_family(compared):
+    _proc, out = compared
+    with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
+        page = f.read()
+    imgs = re.findall(r"<img alt='([^']*)' src='([^']*)'", page)
+    # itemknn and pop rank, mf predicts ratings; no model here has a like model
+    assert sorted(alt for alt, _src in imgs) == ["catalog coverage", "ranking", "rating error"]
+    assert page.count("<img") == len(imgs)
+    assert all(src.startswith("data:image/png;base64,") and len(src) > 5_000 for _alt, src in imgs)
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"<(script|link|iframe)\b|url\(|@import", page)
+    assert re.findall(r"\bsrc=", page) == ["src="] * len(imgs)
+    # the table: a row per model with its final hr@5, and the dead-letter count
+    with open(os.path.join(out, "summary.json"), "rb") as f:
+        summary = orjson.loads(f.read())
+    header = re.search(r"<tr><th>model</th>(.*?)</tr>", page).group(1)
+    cols = re.findall(r"<th>([^<]*)</th>", header)
+    assert cols[:2] == ["rmse", "mae"] and "hr@5" in cols and "events_per_s" in cols and "peak_rss_mb" in cols
+    for model, metric in (("itemknn", "hr@5"), ("pop", "hr@5"), ("mf", "rmse"), ("pop", "coverage@5")):
+        row = re.search(rf"<tr><td>{model}</td>(.*?)</tr>", page).group(1)
+        cells = re.findall(r"<td>([^<]*)</td>", row)
+        assert cells[cols.index(metric)] == f"{summary[model][metric]:.4f}", (model, metric)
+    assert "Dead letters: <b>1</b> malformed line(s)" in page
+    with open(os.path.join(out, "curves.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == set(MODELS)
+    assert os.path.exists(os.path.join(out, "dead-letter.jsonl"))
+
+
+def test_a_bad_model_name_exits_2_with_one_line(data):
+    proc = cli("compare", data, "--models", "itemknn,nosuchmodel")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "'nosuchmodel'" in proc.stderr
+    proc = cli("compare", data, "--models", "itemknn,pop", "--dim", "8")  # no model of these has a dim
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--param dim" in proc.stderr
