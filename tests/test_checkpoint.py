@@ -240,3 +240,25 @@ def test_items_encoded_in_a_batch_are_the_records_one_at_a_time(log, model, extr
     rows = np.r_[np.arange(len(it))[::-1], [0, 0]]  # any order, repeats
     assert codec.encode_items(it, rows) == [codec.encode_item(it, int(r)) for r in rows]
     assert codec.encode_items(it, np.zeros(0, np.int64)) == []
+
+
+def test_item9_expiry_frees_rows_in_a_heap_and_reuses_the_lowest_first():
+    """Issue #10 item 9: TTL eviction re-sorted the free list at every removal (400k users:
+    93 s). Freed rows now go to a min-heap: each removal and each reuse is O(log n), and
+    new ids still take the lowest freed row first."""
+    from recsys_stream.state import IdMap
+
+    m = IdMap()
+    n = 100_000
+    rows, _ = m.rows(np.array([f"u{i}" for i in range(n)], dtype=object))
+    assert rows.tolist() == list(range(n))
+    gone = list(range(n - 1, -1, -3))  # removed from the highest down: the worst order for a sorted list
+    for r in gone:
+        assert m.remove(f"u{r}") == r
+    f = m.free  # a min-heap, not a list re-sorted at every removal
+    assert all(f[i] <= f[c] for i in range(len(f)) for c in (2 * i + 1, 2 * i + 2) if c < len(f))
+    assert f[0] == min(gone) and sorted(f) == sorted(gone)
+    new, _ = m.rows(np.array([f"v{i}" for i in range(len(gone) + 2)], dtype=object))
+    assert new.tolist() == sorted(gone) + [n, n + 1]  # the lowest freed first, then fresh rows
+    assert all(m.ids[r] == f"v{t}" for t, r in enumerate(new.tolist()))
+    assert m.get("u0") == -1 and m.get("u1") == 1
