@@ -33,7 +33,6 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +40,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from e2e_kafka import messages  # noqa: E402
+from e2e_kafka import messages, produce  # noqa: E402
 
 from recsys_stream.io.readers import read_events  # noqa: E402
 
@@ -59,24 +58,6 @@ def topic(boot: str, prefix: str, partitions: int) -> str:
     for _t, f in a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).items():
         f.result(30)
     return name
-
-
-def produce(boot: str, name: str, msgs) -> int:
-    p = Producer({"bootstrap.servers": boot, "linger.ms": 20, "batch.num.messages": 10000,
-                  "compression.type": "lz4"})
-    n = 0
-    for key, value in msgs:
-        while True:
-            try:
-                p.produce(name, key=key, value=value)
-                break
-            except BufferError:
-                p.poll(0.05)
-        n += 1
-        if n % 10000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
-    return n
 
 
 def free_ports(n: int) -> list[int]:

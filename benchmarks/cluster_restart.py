@@ -29,8 +29,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from cluster_kafka import free_ports, produce, topic  # noqa: E402
-from e2e_kafka import messages  # noqa: E402
+from cluster_kafka import free_ports, topic  # noqa: E402
+from e2e_kafka import messages, produce  # noqa: E402
 
 from recsys_stream.io.readers import read_events  # noqa: E402
 

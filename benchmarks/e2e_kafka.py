@@ -65,6 +65,27 @@ def messages(events, passes: int):
                                             "id": f"{p}:{int(events.offset[e])}"})
 
 
+def produce(boot: str, topic: str, msgs) -> int:
+    """Every (key, value) of ``msgs`` into ``topic``, partitioned by murmur2 of the key as
+    Java clients do; returns how many (all delivered)."""
+    p = Producer({"bootstrap.servers": boot, "linger.ms": 20, "batch.num.messages": 10000,
+                  "compression.type": "lz4", "partitioner": "murmur2_random"})
+    n = 0
+    for key, value in msgs:
+        while True:
+            try:
+                p.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                p.poll(0.05)
+        n += 1
+        if n % 10000 == 0:
+            p.poll(0)
+    if p.flush(120) != 0:
+        raise RuntimeError(f"{topic}: not every message was delivered")
+    return n
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -102,16 +123,7 @@ def throughput(boot: str, events, passes: int, model: str) -> dict:
     inp, out = f"bench-in-{uuid.uuid4().hex[:8]}", f"bench-out-{uuid.uuid4().hex[:8]}"
     create(boot, inp, 1)
     log(f"throughput: producing {passes * len(events):,} events into {inp}")
-    p = Producer({"bootstrap.servers": boot, "linger.ms": 20, "partitioner": "murmur2_random"})
-    for k, v in messages(events, passes):
-        while True:
-            try:
-                p.produce(inp, key=k, value=v)
-                break
-            except BufferError:
-                p.poll(0.05)
-        p.poll(0)
-    p.flush(120)
+    produce(boot, inp, messages(events, passes))
     t0 = time.time()
     job = start_job(boot, inp, out, model, ["--exit-at-end", "--batch-size", "5000"])
     job.wait(1800)

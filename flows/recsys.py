@@ -42,7 +42,7 @@ from recsys_stream.shard import ShardResult, group_runs
 from recsys_stream.state import ItemState
 from recsys_stream.storage import Store
 
-from .logic import OwnerLogic, Rounds, ShardLogic, Workers
+from .logic import OwnerLogic, ShardLogic, Workers
 
 
 log = logging.getLogger("recsys_stream.flow")
@@ -230,8 +230,8 @@ def build_flow(
         by_bucket = op.flat_map("catalog_by_bucket", ops, _CatalogRouter(hub, bkeys))
         updates = op.merge("with_catalog", updates, by_bucket)
     meta = bucket_meta(settings)
-    rounds = Rounds(store) if store is not None else None
-    op.stateful_batch("items", updates, lambda resume: OwnerLogic(settings, resume, hub, store, meta, rounds))
+    op.stateful_batch("items", updates, lambda resume: OwnerLogic(settings, resume, hub, store, meta,
+                                                                   workers.rounds))
     if metrics_sink is not None:
         op.output("metrics", op.key_on("metrics_key", results, lambda _r: "metrics"), metrics_sink)
     if lists_sink is not None:

@@ -57,6 +57,13 @@ class Persisted(Protocol):
     def drop_group(self, g: int) -> None: ...
 
 
+# what a refused resume tells the user, after the reason
+REFUSE_USERS = ("Refusing to resume from it (--checkpoint-fallback would resume from the newest older generation "
+                "that is intact, skipping the events between)")
+REFUSE_ITEMS = ("Refusing to resume from it: the item side has no fallback generation; restore the directory from a "
+                "backup or start from an empty one")
+
+
 class SettingsMismatch(CheckpointError):
     """A generation written with other settings: a user's mistake, never a reason to fall
     back to an older generation (they were written with the same settings)."""
@@ -162,9 +169,7 @@ class Checkpointer:
             raise
         except CheckpointError as exc:
             if not self.fallback:
-                raise CheckpointError(f"{exc}. Refusing to resume from it (--checkpoint-fallback would resume from "
-                                      "the newest older generation that is intact, skipping the events between)") \
-                    from None
+                raise CheckpointError(f"{exc}. {REFUSE_USERS}") from None
             return self._fall_back(gen, exc)
         self.store.rollback(idx, gen)
         self._group().total = int(m.meta.get("users_total", 0))
@@ -455,8 +460,7 @@ def restore_buckets(store: Store, owner, gens: dict[int, int], meta: dict | None
         except SettingsMismatch:
             raise
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc}. Refusing to resume from it: the item side has no fallback generation; "
-                                  "restore the directory from a backup or start from an empty one") from None
+            raise CheckpointError(f"{exc}. {REFUSE_ITEMS}") from None
         if rollback:
             store.rollback(part, gen)
         recs += got

@@ -270,7 +270,8 @@ def preflight(cfg) -> None:
     again as it restores."""
     if not cfg.checkpoint_dir:
         return
-    from .checkpoint import OWNER_PART, Checkpointer, bucket_meta_of, check_bucket_meta
+    from .checkpoint import (OWNER_PART, REFUSE_ITEMS, REFUSE_USERS, Checkpointer, bucket_meta_of,
+                             check_bucket_meta)
     from .inspect import committed_handles
     from .settings import shard_settings
     from .shard import Shard
@@ -307,12 +308,7 @@ def preflight(cfg) -> None:
                     raise CheckpointError(f"{what}: generation {gen} has no manifest; the checkpoint cannot be "
                                           "resumed. Restore the directory from a backup or start from an empty one")
                 check_bucket_meta(m.meta, part - OWNER_PART, gen, bucket_meta_of(cfg))
-                try:
-                    st.verify_generation(part, gen)
-                except CheckpointError as exc:
-                    raise CheckpointError(f"{exc}. Refusing to resume from it: the item side has no fallback "
-                                          "generation; restore the directory from a backup or start from an empty "
-                                          "one") from None
+                _verify(st, part, gen, REFUSE_ITEMS)
                 continue
             try:
                 m = st.manifest(shard, gen)
@@ -323,16 +319,17 @@ def preflight(cfg) -> None:
             if m is None:
                 if cfg.checkpoint_fallback:
                     continue
-                raise CheckpointError(f"shard {shard}: generation {gen} has no manifest. Refusing to resume from it "
-                                      "(--checkpoint-fallback would resume from the newest older generation that is "
-                                      "intact, skipping the events between)")
+                raise CheckpointError(f"shard {shard}: generation {gen} has no manifest. {REFUSE_USERS}")
             Checkpointer(Shard(shard, ss), st).check_meta(m.meta, gen)
             if not cfg.checkpoint_fallback:
-                try:
-                    st.verify_generation(shard, gen)
-                except CheckpointError as exc:
-                    raise CheckpointError(f"{exc}. Refusing to resume from it (--checkpoint-fallback would resume "
-                                          "from the newest older generation that is intact, skipping the events "
-                                          "between)") from None
+                _verify(st, shard, gen, REFUSE_USERS)
     finally:
         st.close()
+
+
+def _verify(st, part: int, gen: int, refusal: str) -> None:
+    """Generation ``gen`` of ``part`` against its manifest; a failure says what to do."""
+    try:
+        st.verify_generation(part, gen)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}. {refusal}") from None

@@ -95,19 +95,9 @@ def decode_user(users: UserState, payload: bytes, index) -> tuple[list, np.ndarr
 # -- items --------------------------------------------------------------------------------
 
 
-def encode_item(items: ItemState, row: int) -> bytes:
-    a = items.arrays
-    parts = [U32.pack(row)] + [a[s.name][row].tobytes() for s in a.stored(ROW)]
-    index = items.index
-    for name in sorted(items.pools):
-        js, cs = items.pools[name].row(a, row)
-        parts += [U32.pack(len(js)), _keys(index, js).tobytes(), cs.astype(np.float32).tobytes()]
-    return b"".join(parts)
-
-
 def encode_items(items: ItemState, rows: np.ndarray) -> list[bytes]:
-    """``encode_item`` of many rows, byte for byte, with the work in arrays: Python runs
-    once per record to cut it out of one buffer."""
+    """The item records of ``rows`` (the layout in the module docstring), with the work in
+    arrays: Python runs once per record to cut it out of one buffer."""
     rows = np.asarray(rows, dtype=np.int64)
     n = len(rows)
     if n == 0:

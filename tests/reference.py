@@ -449,3 +449,18 @@ def quantize(Q: np.ndarray):
         for f in range(Q.shape[1]):
             q8[j, f] = int(math.floor(float(Q[j, f]) * inv + 0.5))
     return q8, scale
+
+
+def encode_item(items, row: int) -> bytes:
+    """One item record, field by field as ``codec``'s docstring lays it out (the reference
+    of ``codec.encode_items``)."""
+    from recsys_stream import codec
+    from recsys_stream.state import ROW
+
+    a = items.arrays
+    parts = [codec.U32.pack(row)] + [a[s.name][row].tobytes() for s in a.stored(ROW)]
+    for name in sorted(items.pools):
+        js, cs = items.pools[name].row(a, row)
+        keys = items.index.key[np.asarray(js, dtype=np.int64)]
+        parts += [codec.U32.pack(len(js)), keys.astype(np.uint64).tobytes(), cs.astype(np.float32).tobytes()]
+    return b"".join(parts)
