@@ -228,7 +228,7 @@ class Checkpointer:
             return set()
         users = self.owner.users
         found = set()
-        with self.store.env.begin() as txn:
+        with self.store.reading() as txn:
             for ext in exts:
                 hit = self.store.latest(txn, idx, USERS, ext.encode("utf-8"), head)
                 if hit is not None:

@@ -1,4 +1,9 @@
-"""Checkpoint storage in LMDB: versioned records, one generation per Bytewax snapshot.
+"""Checkpoint storage: versioned records, one generation per Bytewax snapshot.
+
+Written once over a small key-value interface (``kv``: transactions, get, put, delete,
+ordered cursors), with two backends: LMDB (``Store(path)``, the checkpoint directory's
+``state.lmdb``) and an ordered map in memory (``Store.memory()``); tests/test_store_suite.py
+runs one suite over both.
 
 Layout
 ------
@@ -38,15 +43,15 @@ before Bytewax committed its epoch rolls back exactly.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Iterator
 
-import lmdb
 import orjson
+
+from .kv import CheckpointError, LmdbKV, MemoryKV  # noqa: F401  CheckpointError: imported from here by all
 
 FORMAT = 5
 # Entities longer than this (bytes) are keyed by their digest (see "Long entities").
@@ -67,10 +72,6 @@ _CRC = struct.Struct(">I")
 _GEN = struct.Struct(">Q")
 _SHARD = struct.Struct(">H")
 _LEN = struct.Struct(">H")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: corrupt, truncated, incompatible or unwritable."""
 
 
 def encode(payload: bytes) -> bytes:
@@ -188,96 +189,97 @@ class _Abort(Exception):
     """Leave a write transaction without committing it."""
 
 
+_WRITING = ("checkpointing", "the checkpoint", "nothing of this checkpoint was written")
+_ROLLING_BACK = ("rolling back", "the rollback", "nothing was rolled back")
+
+
 class Store:
-    """The LMDB environment of a checkpoint directory."""
+    """A checkpoint store: the layout above over a key-value backend (``kv``).
+    ``Store(path)`` opens (or creates) the LMDB environment of a checkpoint directory;
+    ``Store.memory()`` is one in memory; ``Store.over(kv)`` one over any backend."""
 
     def __init__(self, path: str, map_size: int = 64 << 30, readonly: bool = False):
-        self.path = path
-        data = os.path.join(path, "data.mdb")
-        if readonly and not os.path.exists(data):
-            raise CheckpointError(f"{path}: no LMDB checkpoint here (data.mdb missing)")
-        if os.path.exists(data) and os.path.getsize(data) < 2 * 4096:
-            raise CheckpointError(f"{data}: truncated ({os.path.getsize(data)} bytes); refusing to open it")
-        lockf = os.path.join(path, "lock.mdb")
-        writable = os.access(path, os.W_OK) and (not os.path.exists(lockf) or os.access(lockf, os.W_OK))
-        if not readonly and os.path.isdir(path) and not (writable and (not os.path.exists(data)
-                                                                       or os.access(data, os.W_OK))):
-            raise CheckpointError(f"{path}: not writable by this user (or a read-only file system); the job writes "
-                                  "its checkpoints there")
-        try:
-            os.makedirs(path, exist_ok=True)
-            # read-only and not writable (a backup, a read-only mount): no lock file can be taken;
-            # reading without one is safe when no writer is running there
-            self.env = lmdb.open(path, map_size=map_size, subdir=True, readonly=readonly,
-                                 lock=writable or not readonly, max_readers=64, metasync=True, sync=True)
-            # A file shorter than the pages its meta page says are in use would fault (SIGBUS)
-            # when those pages are read: refuse it here instead.
-            need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
-            have = os.path.getsize(data)
-            if have < need:
-                self.env.close()
-                raise CheckpointError(f"{data}: truncated ({have:,} bytes, but its pages reach {need:,}); "
-                                      "refusing to open it. Restore the directory from a backup or start from "
-                                      "an empty one")
-            with self.env.begin() as txn:  # touch the tree: a damaged file fails here, not later
-                txn.cursor().first()
-        except lmdb.Error as exc:
-            raise CheckpointError(f"{path}: the LMDB environment cannot be opened ({exc}); it is damaged or "
-                                  "truncated. Restore the directory from a backup or start from an empty one") from None
+        self._attach(LmdbKV(path, map_size, readonly))
+
+    @classmethod
+    def over(cls, kv) -> "Store":
+        st = cls.__new__(cls)
+        st._attach(kv)
+        return st
+
+    @classmethod
+    def memory(cls, readonly: bool = False) -> "Store":
+        return cls.over(MemoryKV(readonly))
+
+    def _attach(self, kv) -> None:
+        self.kv = kv
+        self.path = kv.path
+
+    @property
+    def readonly(self) -> bool:
+        return self.kv.readonly
 
     def close(self) -> None:
-        self.env.close()
+        self.kv.close()
+
+    def reopen(self, readonly: bool = False) -> "Store":
+        """Close this handle and open the same store again (read-only, or not)."""
+        return Store.over(self.kv.reopen(readonly))
+
+    def reading(self):
+        """A read transaction (a context manager), for ``latest``."""
+        return self.kv.begin()
 
     # -- reading ------------------------------------------------------------------
 
     def head(self, shard: int) -> int:
-        with self.env.begin() as txn:
+        with self.kv.begin() as txn:
             v = txn.get(_SHARD.pack(shard) + HEAD)
         return 0 if v is None else _GEN.unpack(v)[0]
 
     def floor(self, shard: int) -> int:
         """The oldest generation still complete (older ones were partly collected)."""
-        with self.env.begin() as txn:
+        with self.kv.begin() as txn:
             v = txn.get(_SHARD.pack(shard) + FLOOR)
         return 0 if v is None else _GEN.unpack(v)[0]
 
     def shards(self) -> list[int]:
+        """The parts that have a head generation, in order."""
         out = []
-        with self.env.begin() as txn:
-            cur = txn.cursor()
-            ok = cur.first()
-            while ok:
-                key = cur.key()
+        with self.kv.begin() as txn:
+            start = b""
+            while True:
+                key = next(txn.keys(start), None)
+                if key is None:
+                    break
                 shard = _SHARD.unpack_from(key)[0]
-                if key[2:3] == HEAD and len(key) == 3:
+                if txn.get(_SHARD.pack(shard) + HEAD) is not None:
                     out.append(shard)
-                ok = cur.set_range(_SHARD.pack(shard + 1)) if shard < 0xFFFF else False
+                if shard == 0xFFFF:
+                    break
+                start = _SHARD.pack(shard + 1)
         return out
 
     def manifest(self, shard: int, gen: int) -> Manifest | None:
-        with self.env.begin() as txn:
+        with self.kv.begin() as txn:
             v = txn.get(version_key(shard, MANIFEST, b"", gen))
         if v is None:
             return None
         return Manifest.from_bytes(decode(v, f"{part_name(shard)} manifest of generation {gen}"))
 
     def latest(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> tuple[int, bytes] | None:
-        """(generation, raw value) of the entity's newest version <= gen, or None. The value
-        decodes (``decode``) to the entity's payload, for long entities too (their record
-        is checked and unwrapped here, and handed back as a record of the payload alone)."""
+        """(generation, raw value) of the entity's newest version <= gen, or None (``txn``
+        from ``reading``). The value decodes (``decode``) to the entity's payload, for long
+        entities too (their record is checked and unwrapped here, and handed back as a
+        record of the payload alone)."""
         prefix = entity_prefix(shard, table, entity)
-        cur = txn.cursor()
-        if not cur.set_range(prefix + _GEN.pack(gen + 1)):
-            if not cur.last():
-                return None
-        else:
-            if not cur.prev():
-                return None
-        key = cur.key()
+        hit = txn.before(prefix + _GEN.pack(gen + 1))
+        if hit is None:
+            return None
+        key, value = hit
         if not key.startswith(prefix) or len(key) != len(prefix) + 8:
             return None
         g = _GEN.unpack_from(key, len(prefix))[0]
-        value = cur.value()
         if key_is_long(key):
             where = f"{part_name(shard)} {table.decode()} {entity[:40]!r}... generation {g}"
             _e, payload = unwrap(key, decode(value, where), where)
@@ -285,31 +287,25 @@ class Store:
         return g, value
 
     def get(self, shard: int, table: bytes, entity: bytes, gen: int) -> bytes | None:
-        with self.env.begin() as txn:
+        with self.kv.begin() as txn:
             hit = self.latest(txn, shard, table, entity, gen)
         if hit is None:
             return None
         return decode(hit[1], f"{part_name(shard)} {table.decode()} {entity[:60]!r} generation {hit[0]}")
 
     def scan(self, shard: int, table: bytes, gen: int, verify: bool = True) -> Iterator[tuple[bytes, int, bytes]]:
-        """(entity, generation, payload) of every entity's newest version <= gen; with
-        ``verify=False`` the payload is the raw value, unchecked (for counting)."""
+        """(entity, generation, payload) of every entity's newest version <= gen, in key
+        order; with ``verify=False`` the payload is the raw value, unchecked (for counting)."""
         start = _SHARD.pack(shard) + table
-        with self.env.begin() as txn:
-            cur = txn.cursor()
-            ok = cur.set_range(start)
+        with self.kv.begin() as txn:
             best = None
-            while ok:
-                key = cur.key()
-                if not key.startswith(start):
-                    break
+            for key, value in txn.items(start, start):
                 g = _GEN.unpack_from(key, len(key) - _GEN.size)[0]
                 if best is not None and best[0] != key[: -_GEN.size]:
                     yield self._checked(shard, table, best, verify)
                     best = None
                 if g <= gen:
-                    best = (key[: -_GEN.size], g, key, cur.value())
-                ok = cur.next()
+                    best = (key[: -_GEN.size], g, key, value)
             if best is not None:
                 yield self._checked(shard, table, best, verify)
 
@@ -332,7 +328,7 @@ class Store:
                                   "was removed)")
         n = 0
         x = 0
-        with self.env.begin() as txn:
+        with self.kv.begin() as txn:
             keys = self._index(txn, shard, gen)
             for key in keys:
                 value = txn.get(key)
@@ -376,7 +372,7 @@ class Store:
         caller promised (a ``CheckpointError`` if the store disagrees, nothing written)."""
         gens = []
         try:
-            with self.env.begin(write=True) as txn:
+            with self.kv.begin(write=True) as txn:
                 for t, (shard, records, meta) in enumerate(parts):
                     hv = txn.get(_SHARD.pack(shard) + HEAD)
                     gen = 1 if hv is None else _GEN.unpack(hv)[0] + 1
@@ -406,18 +402,11 @@ class Store:
                     gens.append(gen)
         except _Abort as exc:
             raise CheckpointError(str(exc)) from None
-        except lmdb.MapFullError:
-            raise CheckpointError(f"{self.path}: the LMDB map is full; nothing of this checkpoint was written. "
-                                  "Raise --checkpoint-map-gb (the file grows only as used)") from None
-        except lmdb.DiskError as exc:
-            raise CheckpointError(f"{self.path}: disk error while checkpointing ({exc}); nothing of this "
-                                  "checkpoint was written") from None
-        except lmdb.ReadonlyError:
-            raise CheckpointError(f"{self.path}: the checkpoint is read-only (its files or the file system); "
-                                  "nothing of this checkpoint was written") from None
-        except lmdb.Error as exc:
-            raise CheckpointError(f"{self.path}: LMDB refused the checkpoint ({exc}); nothing of this checkpoint "
-                                  "was written") from None
+        except Exception as exc:
+            err = self.kv.error(exc, _WRITING)
+            if err is None:
+                raise
+            raise err from None
         return gens
 
     def _gc(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> None:
@@ -426,20 +415,14 @@ class Store:
         if horizon <= 0:
             return
         prefix = entity_prefix(shard, table, entity)
-        cur = txn.cursor()
-        if not cur.set_range(prefix):
-            return
         older = []
-        while True:
-            key = cur.key()
-            if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+        for key in txn.keys(prefix, prefix):
+            if len(key) != len(prefix) + 8:
                 break
             g = _GEN.unpack_from(key, len(prefix))[0]
             if g > horizon:
                 break
             older.append(key)
-            if not cur.next():
-                break
         # keep the newest version <= horizon: it is the state as of the oldest kept generation
         for key in older[:-1]:
             txn.delete(key)
@@ -448,28 +431,30 @@ class Store:
         """Delete every version newer than ``gen`` and make ``gen`` the head; returns how
         many. Newer generations' key indexes say what to delete (``gen == 0``: everything)."""
         removed = 0
-        newer = [g for g in self.generations(shard) if g > gen]
-        with self.env.begin(write=True) as txn:
-            doomed: list[bytes] = []
-            if gen == 0:
-                cur = txn.cursor()
-                ok = cur.set_range(_SHARD.pack(shard))
-                while ok and _SHARD.unpack_from(cur.key())[0] == shard:
-                    if cur.key()[2:3] not in (HEAD, FLOOR):
-                        doomed.append(cur.key())
-                    ok = cur.next()
-            else:
-                for g in newer:
-                    doomed += self._index(txn, shard, g)
-                    doomed += [version_key(shard, MANIFEST, b"", g), version_key(shard, INDEX, b"", g)]
-            for key in doomed:
-                if txn.delete(key):
-                    removed += 1
-            if gen > 0:
-                txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
-            else:
-                txn.delete(_SHARD.pack(shard) + HEAD)
-                txn.delete(_SHARD.pack(shard) + FLOOR)
+        try:
+            with self.kv.begin(write=True) as txn:
+                doomed: list[bytes] = []
+                if gen == 0:
+                    part = _SHARD.pack(shard)
+                    doomed = [key for key in txn.keys(part, part) if key[2:3] not in (HEAD, FLOOR)]
+                else:
+                    for g in self._generations(txn, shard):
+                        if g > gen:
+                            doomed += self._index(txn, shard, g)
+                            doomed += [version_key(shard, MANIFEST, b"", g), version_key(shard, INDEX, b"", g)]
+                for key in doomed:
+                    if txn.delete(key):
+                        removed += 1
+                if gen > 0:
+                    txn.put(_SHARD.pack(shard) + HEAD, _GEN.pack(gen))
+                else:
+                    txn.delete(_SHARD.pack(shard) + HEAD)
+                    txn.delete(_SHARD.pack(shard) + FLOOR)
+        except Exception as exc:
+            err = self.kv.error(exc, _ROLLING_BACK)
+            if err is None:
+                raise
+            raise err from None
         return removed
 
     def drop_shard(self, shard: int) -> int:
@@ -477,12 +462,10 @@ class Store:
         return self.rollback(shard, 0)
 
     def generations(self, shard: int) -> list[int]:
-        out = []
-        with self.env.begin() as txn:
-            cur = txn.cursor()
-            prefix = entity_prefix(shard, MANIFEST, b"")
-            ok = cur.set_range(prefix)
-            while ok and cur.key().startswith(prefix):
-                out.append(_GEN.unpack_from(cur.key(), len(prefix))[0])
-                ok = cur.next()
-        return out
+        """The generations of a shard that have a manifest, oldest first."""
+        with self.kv.begin() as txn:
+            return self._generations(txn, shard)
+
+    def _generations(self, txn, shard: int) -> list[int]:
+        prefix = entity_prefix(shard, MANIFEST, b"")
+        return [_GEN.unpack_from(key, len(prefix))[0] for key in txn.keys(prefix, prefix)]
