@@ -8,7 +8,7 @@ import numpy as np
 
 from .arrays import ROW, ArraySpec, StateArrays
 from .kernels.history import history_compact, history_move, history_relocations
-from .kernels.neighbors import FIRST_CAP, nb_compact
+from .kernels.neighbors import FIRST_CAP, nb_compact, nb_heapify
 from .kernels.pairset import pairset_grow, pairset_new
 
 
@@ -180,3 +180,4 @@ class NeighborPool:
         self.pj[o : o + m] = js
         self.pc[o : o + m] = cs
         n[i] = m
+        nb_heapify(off, n, self.pj, self.pc, i)

@@ -1,8 +1,9 @@
 """Plain-Python references of the Numba kernels, used only by the tests.
 
 Each reference follows its paper's update rules event by event with Python floats and
-dicts (numpy only for float32 storage where the kernel stores float32), with the same
-random stream, so a kernel must agree with it to rounding.
+dicts (numpy only for float32 storage where the kernel stores float32; ``f32`` rounds a
+value where the kernel stores or computes it in float32), with the same random stream, so
+a kernel must agree with it to rounding.
 """
 
 from __future__ import annotations
@@ -115,6 +116,18 @@ class Core:
     def log_pop(self) -> list[float]:
         return [self.lp.get(j, -math.inf) for j in range(self.n_items)]
 
+    def pop_order(self) -> list[int]:
+        """Catalog rows by popularity, ties to the lower row (the kernel's maintained order)."""
+        return sorted(range(self.n_items), key=lambda j: (-self.lp.get(j, -math.inf), j))
+
+    def plin(self) -> list[float]:
+        """The kernel's linear copy of popularity, ``exp(lp - ref)`` with ``ref`` the largest
+        lp rounded down to a multiple of 300 (``kernels.popularity``: a function of lp alone)."""
+        if not self.lp:
+            return [0.0] * self.n_items
+        ref = 300.0 * math.floor(max(self.lp.values()) / 300.0)
+        return [math.exp(self.lp[j] - ref) if j in self.lp else 0.0 for j in range(self.n_items)]
+
     def pop_scores(self) -> list[float]:
         """Popularity relative to the most popular item (the order is what ranking uses)."""
         top = max(self.lp.values()) if self.lp else 0.0
@@ -219,98 +232,195 @@ def sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def run_implicit(events, p, k, core: Core):
-    n_users = max(e[0] for e in events) + 1
-    n_items = max(e[1] for e in events) + 1
-    P = np.zeros((n_users, p.dim), np.float32)
-    Q = item_rows(n_items, core.seed, p.dim, p.init_std)
-    b = [0.0] * n_items
-    cu = [0] * n_users
-    ci = [0] * n_items
-    pos = []
+def f32(x: float) -> float:
+    """``x`` rounded to float32 (a float32 store, or an operation on two float32 values:
+    computed exactly or once rounded in float64, then rounded to float32, it is the float32
+    result)."""
+    return float(np.float32(x))
 
-    def init(M, r):
-        for d in range(p.dim):
-            M[r, d] = p.init_std * core.rng(r).normal()
 
-    for u, i, _v, t in events:
-        scores = [b[j] + sum(float(P[u, d]) * float(Q[j, d]) for d in range(p.dim)) for j in range(core.n_items)]
-        lst = topk(scores, core.n_items, u, core.seen, k)
-        pos.append(position(lst, i) if i < core.n_items else -1)
-        core.observe(u, i, t)
-        if cu[u] == 0:
-            init(P, u)
+class Implicit:
+    """The implicit factor model's state and per-event update (``run_implicit``, and the
+    factor part of ``run_hybrid``).
+
+    Rows hold float32 values (Python floats rounded by ``f32`` at every store). Where the
+    kernel computes in float32 (a factor times a factor, the difference of two item factors
+    and a factor times it) so does this, so a learned row agrees with the kernel's bit for
+    bit; scores are float64 sums, the kernel's float32 sums (``score_factors``) differ from
+    them by ~1e-7 relative."""
+
+    def __init__(self, p, n_users: int, n_items: int, seed: int):
+        self.p = p
+        self.P = [[0.0] * p.dim for _ in range(n_users)]
+        self.Q = item_rows(n_items, seed, p.dim, p.init_std).astype(np.float64).tolist()
+        self.b = [0.0] * n_items
+        self.cu = [0] * n_users
+        self.ci = [0] * n_items
+
+    def scores(self, u: int, n_cat: int) -> list[float]:
+        pu, Q, b = self.P[u], self.Q, self.b
+        return [b[j] + sum(x * q for x, q in zip(pu, Q[j])) for j in range(n_cat)]
+
+    def learn(self, u: int, i: int, core: Core) -> None:
+        """Event (u, i), after ``core.observe`` (negatives skip i and the user's items)."""
+        p = self.p
+        dim, lr, reg = p.dim, p.lr, p.reg
+        P, qi, b = self.P[u], self.Q[i], self.b
+        rng = core.rng(u)
+        if self.cu[u] == 0:
+            for d in range(dim):
+                P[d] = f32(p.init_std * rng.normal())
         if p.isgd:
-            err = 1.0 - sum(float(P[u, d]) * float(Q[i, d]) for d in range(p.dim))
-            for d in range(p.dim):
-                pu = float(P[u, d])
-                P[u, d] = pu + p.lr * (err * float(Q[i, d]) - p.reg * pu)
-                Q[i, d] = float(Q[i, d]) + p.lr * (err * pu - p.reg * float(Q[i, d]))
+            err = 1.0 - sum(f32(P[d] * qi[d]) for d in range(dim))
+            for d in range(dim):
+                pu = P[d]
+                P[d] = f32(pu + lr * (err * qi[d] - reg * pu))
+                qi[d] = f32(qi[d] + lr * (err * pu - reg * qi[d]))
         for _ in range(p.negatives):
             j = -1
             for _t in range(p.neg_tries):
-                c = core.rng(u).below(core.n_items)
+                c = rng.below(core.n_items)
                 if c != i and (u, c) not in core.seen:
                     j = c
                     break
             if j < 0:
                 continue
-            ci[j] += 1
-            x = b[i] - b[j] + sum(float(P[u, d]) * (float(Q[i, d]) - float(Q[j, d])) for d in range(p.dim))
+            self.ci[j] += 1
+            qj = self.Q[j]
+            diff = [f32(qi[d] - qj[d]) for d in range(dim)]
+            x = b[i] - b[j]
+            for d in range(dim):
+                x += f32(P[d] * diff[d])
             g = sigmoid(-x)
-            for d in range(p.dim):
-                pu = float(P[u, d])
-                diff = float(Q[i, d]) - float(Q[j, d])
-                P[u, d] = pu + p.lr * (g * diff - p.reg * pu)
-                Q[i, d] = float(Q[i, d]) + p.lr * (g * pu - p.reg * float(Q[i, d]))
-                Q[j, d] = float(Q[j, d]) + p.lr * (-g * pu - p.reg * float(Q[j, d]))
-            b[i] += p.lr * (g - p.bias_reg * b[i])
-            b[j] += p.lr * (-g - p.bias_reg * b[j])
-        cu[u] += 1
-        ci[i] += 1
-    return pos, P, Q, b
+            for d in range(dim):
+                pu = P[d]
+                P[d] = f32(pu + lr * (g * diff[d] - reg * pu))
+                qi[d] = f32(qi[d] + lr * (g * pu - reg * qi[d]))
+                qj[d] = f32(qj[d] + lr * (-g * pu - reg * qj[d]))
+            b[i] += lr * (g - p.bias_reg * b[i])
+            b[j] += lr * (-g - p.bias_reg * b[j])
+        self.cu[u] += 1
+        self.ci[i] += 1
+
+    def arrays(self):
+        """(P, Q, b) as the kernel stores them."""
+        return np.array(self.P, np.float32), np.array(self.Q, np.float32), list(self.b)
+
+
+def run_implicit(events, p, k, core: Core):
+    n_users = max(e[0] for e in events) + 1
+    n_items = max(e[1] for e in events) + 1
+    m = Implicit(p, n_users, n_items, core.seed)
+    pos = []
+    for u, i, _v, t in events:
+        lst = topk(m.scores(u, core.n_items), core.n_items, u, core.seen, k)
+        pos.append(position(lst, i) if i < core.n_items else -1)
+        core.observe(u, i, t)
+        m.learn(u, i, core)
+    return (pos, *m.arrays())
 
 
 # -- item-to-item co-occurrence ---------------------------------------------------------
 
 
+class ItemKNN:
+    """Item-to-item co-occurrence counts and scores (``run_itemknn``, and the item-to-item
+    part of ``run_hybrid``).
+
+    ``neighbors=None``: exact counts (the kernel's dense matrix). Otherwise a row holds at
+    most ``neighbors`` entries ``[j, count]``; a newcomer to a full row replaces the entry
+    with the smallest count (of equal counts, the higher row) and starts from its own weight
+    (``kernels.neighbors``). The order of a row's entries means nothing (the kernel keeps a
+    heap). Counts are float32."""
+
+    def __init__(self, p, neighbors: int | None = None):
+        self.p = p
+        self.cap = neighbors
+        self.rows: dict[int, list[list]] = {}
+        self.n: dict[int, float] = {}
+        self.evictions = 0
+
+    def add(self, i: int, j: int, w: float) -> None:
+        row = self.rows.setdefault(i, [])
+        for ent in row:
+            if ent[0] == j:
+                ent[1] = f32(ent[1] + w)
+                return
+        if self.cap is None or len(row) < self.cap:
+            row.append([j, f32(w)])
+            return
+        smin = min(range(len(row)), key=lambda s: (row[s][1], -row[s][0]))
+        row[smin] = [j, f32(w)]
+        self.evictions += 1
+
+    def learn(self, u: int, i: int, core: Core) -> None:
+        """Event (u, i), before ``core.observe``: the window is the user's previous items."""
+        w = 1.0
+        for back in range(self.p.window):
+            j = core.recent_item(u, back)
+            if j < 0:
+                break
+            if j != i:
+                self.add(i, j, w)
+                self.add(j, i, w)
+            w *= self.p.gamma
+        self.n[i] = self.n.get(i, 0.0) + 1.0
+
+    def inv(self, j: int) -> float:
+        c = self.n.get(j, 0.0)
+        return math.pow(c, self.p.beta - 1.0) if c > 0 else 0.0
+
+    def gather(self, u: int, core: Core) -> dict[int, float]:
+        """sum_l alpha^l C[r_l, j] / n[r_l]^beta over the user's last ``recent`` items."""
+        acc: dict[int, float] = {}
+        w = 1.0
+        for l in range(self.p.recent):
+            r = core.recent_item(u, l)
+            if r < 0:
+                break
+            c = self.n.get(r, 0.0)
+            if c > 0:
+                wr = w / math.pow(c, self.p.beta)
+                for j, cnt in self.rows.get(r, ()):
+                    acc[j] = acc.get(j, 0.0) + wr * cnt
+            w *= self.p.alpha
+        return acc
+
+    def scores(self, u: int, core: Core, dense: bool = True) -> list[float]:
+        """s(u, j) of every catalog item: co-occurrence part plus ``pop_weight * pop(j) /
+        pop(top)``, written as the kernel writes it for its layout (dense: ``f * plin[j]``
+        with ``f = pop_weight / plin[top]``; lists: ``pop_weight * (plin[j] / plin[top])``)."""
+        acc = self.gather(u, core)
+        n_cat = core.n_items
+        plin = core.plin()
+        order = core.pop_order()
+        ptop = plin[order[0]] if n_cat > 0 else 0.0
+        pw = self.p.pop_weight
+        inv = self.inv
+        if dense:
+            f = pw / ptop if ptop > 0.0 else 0.0
+            return [acc.get(j, 0.0) * inv(j) + f * plin[j] for j in range(n_cat)]
+        return [acc.get(j, 0.0) * inv(j) + pw * (plin[j] / ptop if ptop > 0.0 else 0.0) for j in range(n_cat)]
+
+    def matrix(self, n_items: int) -> np.ndarray:
+        C = np.zeros((n_items, n_items), np.float32)
+        for i, row in self.rows.items():
+            for j, c in row:
+                C[i, j] = c
+        return C
+
+
 def run_itemknn(events, p, k, core: Core):
     n_items = max(e[1] for e in events) + 1
-    C = np.zeros((n_items, n_items), np.float32)
-    n = [0.0] * n_items
+    m = ItemKNN(p)
     pos = []
     for u, i, _v, t in events:
         n_cat = core.n_items
-        acc = [0.0] * n_cat
-        w = 1.0
-        if u < core.n_users:
-            for l in range(p.recent):
-                r = core.recent_item(u, l)
-                if r < 0:
-                    break
-                if n[r] > 0:
-                    wr = w / n[r] ** p.beta
-                    for j in range(n_cat):
-                        acc[j] += wr * float(C[r, j])
-                w *= p.alpha
-        f = p.pop_weight
-        pop = core.pop_scores()
-        scores = [acc[j] * (n[j] ** (p.beta - 1.0) if n[j] > 0 else 0.0) + f * pop[j] for j in range(n_cat)]
-        lst = topk(scores, n_cat, u, core.seen, k)
+        lst = topk(m.scores(u, core), n_cat, u, core.seen, k)
         pos.append(position(lst, i) if i < n_cat else -1)
-        w = 1.0
-        if u < core.n_users:
-            for back in range(p.window):
-                j = core.recent_item(u, back)
-                if j < 0:
-                    break
-                if j != i:
-                    C[i, j] = float(C[i, j]) + w
-                    C[j, i] = float(C[j, i]) + w
-                w *= p.gamma
-        n[i] += 1.0
+        m.learn(u, i, core)
         core.observe(u, i, t)
-    return pos, C, n
+    return pos, m.matrix(n_items), [m.n.get(j, 0.0) for j in range(n_items)]
 
 
 # -- popularity -------------------------------------------------------------------------
@@ -431,6 +541,124 @@ def run_ftrl(events, p, ufeat, ifeat, ctx):
         m.update(row, w, prob, y)
         stats.learn(u, i, y, value)
     return preds, m
+
+
+# -- hybrid: implicit + item-to-item + popularity candidates, FTRL re-ranker ----------------
+
+HYBRID_FEATURES = 7  # per activity bucket: bias, factor, item-to-item, popularity, 3 source ranks
+
+
+def activity_bucket(n_events: int) -> int:
+    """The user's activity bucket by events so far: none, 1-4, 5-19, 20-99, 100+."""
+    return 0 if n_events == 0 else 1 if n_events < 5 else 2 if n_events < 20 else 3 if n_events < 100 else 4
+
+
+def hybrid_candidates(u: int, imp: Implicit, knn: ItemKNN, core: Core, p, dense: bool):
+    """The union of the three sources' lists (each without the user's items) and each
+    candidate's features.
+
+    Returns (candidates, features, gap): candidates in the order the kernel lists them (the
+    factor list, then the item-to-item list's new rows, then popularity's: the re-ranker's
+    negatives are drawn by index into it); features[j] the 7 values of candidate j; gap the
+    smallest non-zero difference between neighbouring places of the factor list, its cut
+    included (how far the kernel's float32 scores are from changing the candidates)."""
+    n_cat = core.n_items
+    s_mf = imp.scores(u, n_cat)
+    mf = topk(s_mf, n_cat, u, core.seen, p.factor_candidates + 1)
+    gap = min((s_mf[a] - s_mf[b] for a, b in zip(mf, mf[1:]) if s_mf[a] != s_mf[b]), default=math.inf)
+    mf = mf[: p.factor_candidates]
+    s_knn = knn.scores(u, core, dense)
+    kl = topk(s_knn, n_cat, u, core.seen, p.candidates)
+    pl = topk(core.log_pop(), n_cat, u, core.seen, p.pop_candidates)  # the popularity order
+    r_mf = {j: r for r, j in enumerate(mf)}
+    r_knn = {j: r for r, j in enumerate(kl)}
+    r_pop = {j: r for r, j in enumerate(pl)}
+    cand = mf + [j for j in kl if j not in r_mf] + [j for j in pl if j not in r_mf and j not in r_knn]
+    knn_max = s_knn[kl[0]] if kl else 0.0  # the user's best item-to-item score
+    plin = core.plin()
+    pop_max = plin[pl[0]] if pl else 0.0  # popularity of the user's most popular candidate
+
+    def place(ranks, j):
+        return 1.0 / (1.0 + ranks[j]) if j in ranks else 0.0
+
+    feats = {j: [1.0, s_mf[j], s_knn[j] / knn_max if knn_max > 0.0 else 0.0,
+                 plin[j] / pop_max if pop_max > 0.0 else 0.0,
+                 place(r_mf, j), place(r_knn, j), place(r_pop, j)] for j in cand}
+    return cand, feats, gap
+
+
+def hybrid_rerank(cand, feats, rr: FTRL, bucket: int) -> list[tuple[int, float]]:
+    """Every candidate with its logit under the bucket's weights, best first, ties to the
+    lower row (the list is the first k; its scores are the logits' sigmoids)."""
+    base = bucket * HYBRID_FEATURES
+    w = [rr.weight(base + t) for t in range(HYBRID_FEATURES)]
+    logits = [(j, sum(wt * x for wt, x in zip(w, feats[j]))) for j in cand]
+    return sorted((js for js in logits if js[1] == js[1]), key=lambda js: (-js[1], js[0]))
+
+
+def hybrid_dense(p, n_items: int) -> bool:
+    """Whether the kernel keeps item-to-item counts dense: while the item capacity (1024,
+    doubled as needed) is at most ``dense_items`` (``pools.NeighborPool``)."""
+    cap = 1024
+    while cap < n_items:
+        cap *= 2
+    return cap <= p.dense_items
+
+
+def run_hybrid(events, p, k, core: Core, lists: bool = True):
+    """events: (u, i, value, t). For each event, prequentially: the candidates and their
+    re-ranked order (the top k is the ranking), the re-ranker learns from the observed item
+    (if a candidate) against ``rerank_negatives`` draws among the candidates (a draw of the
+    observed item is skipped), the item-to-item part learns, the event is observed, the
+    factor part learns; with ``lists``, the user's list after the event.
+
+    Returns (ranked, after, pos, state): ranked[e]/after[e] every candidate of event e with
+    its logit, best first, before learning and after (``[]`` without ``lists``); pos[e] the
+    item's place in the top k (-1: not there); state the models (imp, knn, rr), whether the
+    counts are dense and the smallest factor-list gap met (``hybrid_candidates``)."""
+    n_users = max(e[0] for e in events) + 1
+    n_items = max(e[1] for e in events) + 1
+    if n_items > 1024 and p.dense_items > 0:
+        raise ValueError("the kernel's layout could switch from dense to lists mid-stream: not modelled")
+    dense = hybrid_dense(p, n_items)
+    imp = Implicit(p.implicit(), n_users, n_items, core.seed)
+    kp = p.itemknn()
+    knn = ItemKNN(kp, None if dense else kp.neighbors)
+    fp = p.reranker()
+    rr = FTRL(fp.alpha, fp.beta, fp.l1, fp.l2, 6)  # coordinates bucket * 7 + feature, < 2**6
+    ranked, after, pos = [], [], []
+    gap = math.inf
+    for u, i, _v, t in events:
+        bucket = activity_bucket(core.uev.get(u, 0))
+        cand, feats, g = hybrid_candidates(u, imp, knn, core, p, dense)
+        gap = min(gap, g)
+        order = hybrid_rerank(cand, feats, rr, bucket)
+        ranked.append(order)
+        top = [j for j, _s in order[:k]]
+        pos.append(top.index(i) if i in top else -1)
+        if i in feats:  # the observed item is a candidate: it was chosen among them
+            base = bucket * HYBRID_FEATURES
+
+            def learn(j, y):
+                row = [(base + f, x) for f, x in enumerate(feats[j])]
+                prob, w = rr.predict(row)
+                rr.update(row, w, prob, y)
+
+            learn(i, 1.0)
+            if len(cand) > 1:
+                for _ in range(p.rerank_negatives):
+                    j = cand[core.rng(u).below(len(cand))]
+                    if j != i:
+                        learn(j, 0.0)
+        knn.learn(u, i, core)
+        core.observe(u, i, t)
+        imp.learn(u, i, core)
+        if lists:
+            cand, feats, g = hybrid_candidates(u, imp, knn, core, p, dense)
+            gap = min(gap, g)
+            after.append(hybrid_rerank(cand, feats, rr, activity_bucket(core.uev[u])))
+    state = {"imp": imp, "knn": knn, "rr": rr, "dense": dense, "gap": gap}
+    return ranked, after, pos, state
 
 
 # -- int8 quantisation --------------------------------------------------------------------

@@ -9,7 +9,7 @@ from numba import njit
 
 from .history import history_append, mark_history
 from .pairset import pairset_add
-from .popularity import pop_learn, pop_relative, pop_topk, pop_weight
+from .popularity import HEAD, pop_learn, pop_relative, pop_topk, pop_weight
 from .topk import _worse, topk_masked
 
 
@@ -70,7 +70,7 @@ def user_pop_topk(u, us, it, sc, k, out_idx, out_sc):
     """The popularity list of user row u (their items excluded; u < 0: nothing excluded):
     the list of a user the model does not know yet."""
     mark_history(us.hoff, us.hlen, us.hpool, u, sc.excl, 1)
-    c = pop_topk(it.plin, it.porder, it.n[0], sc.excl, it.active, k, out_idx, out_sc)
+    c = pop_topk(it.pop, it.plin, it.porder, it.n[0], sc.excl, it.active, k, out_idx, out_sc)
     mark_history(us.hoff, us.hlen, us.hpool, u, sc.excl, 0)
     return c
 
@@ -108,7 +108,8 @@ def topk_with_popular(cand, vals, c, acc, f, top, us, it, sc, u, k, out_idx, out
     is the order of those scores (ties to the lower row, as everywhere), so the result is
     what ranking every item would give, at the cost of the candidates plus the user's
     history. The user's items and retired ones are excluded (``marked``: the caller has
-    marked the user's items in ``sc.excl`` already).
+    marked the user's items in ``sc.excl`` already). The order is sorted in its head only
+    (``popularity``): a walk that the head does not settle goes on over the whole tail.
     """
     excl, active = sc.excl, it.active
     if not marked:
@@ -124,14 +125,25 @@ def topk_with_popular(cand, vals, c, acc, f, top, us, it, sc, u, k, out_idx, out
     plin = it.plin
     if f > 0.0:
         order = it.porder
-        for r in range(n_cat):
+        walked = True
+        for r in range(min(n_cat, HEAD)):
             j = order[r]
             if active[j] == 0 or excl[j] != 0 or acc[j] != 0.0:
                 continue
             s = f * pop_relative(plin, j, top)
             if cnt == k and s < out_sc[k - 1]:
+                walked = False
                 break  # the order only goes down from here
             cnt = _insert(out_idx, out_sc, cnt, k, j, s)
+        if walked and n_cat > HEAD:  # the head did not settle it: the tail, in no order
+            for r in range(HEAD, n_cat):
+                j = order[r]
+                if active[j] == 0 or excl[j] != 0 or acc[j] != 0.0:
+                    continue
+                s = f * pop_relative(plin, j, top)
+                if cnt == k and not _worse(out_sc[k - 1], out_idx[k - 1], s, j):
+                    continue
+                cnt = _insert(out_idx, out_sc, cnt, k, j, s)
     else:  # every other item scores 0: they come in row order
         for j in range(n_cat):
             if cnt == k and out_sc[k - 1] > 0.0:
