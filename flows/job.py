@@ -5,7 +5,7 @@ Build it from a ``RunConfig`` (``build_job``), or let Bytewax's runner do it::
     python -m bytewax.run "flows.job:get_flow('recsys.toml')" -w 2
 
 where the TOML file, then ``RECSYS_*`` environment variables, configure it (see
-``recsys_stream.config``). ``recsys-stream run`` wraps the same factory with flags, a
+``recsys_stream.configload``). ``recsys-stream run`` wraps the same factory with flags, a
 SIGTERM handler and the metrics endpoint.
 """
 
@@ -18,7 +18,8 @@ from pathlib import Path
 from bytewax.dataflow import Dataflow
 
 from recsys_stream.ckdir import lock_checkpoint_dir, preflight, prepare_checkpoint_dir, recovery_config  # noqa: F401
-from recsys_stream.config import RunConfig, load_config
+from recsys_stream.config import RunConfig
+from recsys_stream.configload import load_config
 from recsys_stream.generate import GeneratorSettings, generate
 from recsys_stream.io.kafka import (
     KafkaBatchSource,
@@ -83,7 +84,7 @@ def build_job(cfg: RunConfig, metrics=None) -> Job:
         # the embedded job: a generated stream, evaluated prequentially as it runs
         settings = replace(settings, shard=replace(settings.shard, evaluate=True))
         gs = GeneratorSettings(events=cfg.gen_events or 200_000, users=cfg.gen_users, items=cfg.gen_items,
-                               seed=cfg.seed)
+                               seed=cfg.seed, shape=cfg.gen_shape, groups=cfg.gen_groups, zipf=cfg.gen_zipf)
         events = generate(gs)
         passes = 1 if cfg.gen_events else 1_000_000  # endless: replay again with later event times
         clock = RunClock()

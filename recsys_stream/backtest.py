@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import plugins
-from .config import BACKTEST, BacktestConfig, RunConfig, load_config
+from .config import BACKTEST, BacktestConfig, RunConfig
+from .configload import load_config
 from .events import RATING, EventBatch
 from .features import FeatureStore
 from .generate import GeneratorSettings, generate
@@ -75,9 +76,11 @@ def load(cfg: RunConfig, b: BacktestConfig, any_model: bool = False) -> Loaded:
             raise BacktestError(str(exc)) from None
         events, errors, fmt, name = res.events, res.errors, res.format, b.data
     else:
-        gs = GeneratorSettings(events=cfg.gen_events, users=cfg.gen_users, items=cfg.gen_items, seed=cfg.seed)
+        gs = GeneratorSettings(events=cfg.gen_events, users=cfg.gen_users, items=cfg.gen_items, seed=cfg.seed,
+                               shape=cfg.gen_shape, groups=cfg.gen_groups, zipf=cfg.gen_zipf)
         _log(f"generating {gs.events:,} events ({gs.users:,} users, {gs.items:,} items, seed {gs.seed}) ...", b.quiet)
-        events, fmt, name = generate(gs), "generated", f"generated(events={gs.events},seed={gs.seed})"
+        shape = "" if gs.shape == "groups" else f",shape={gs.shape},items={gs.items}"
+        events, fmt, name = generate(gs), "generated", f"generated(events={gs.events},seed={gs.seed}{shape})"
     features = None
     if b.user_features or b.item_features:
         features = FeatureStore()

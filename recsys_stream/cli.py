@@ -33,7 +33,8 @@ def _log(msg: str) -> None:
 
 
 def _config(args, command: str):
-    from .config import ConfigError, flags_of, load_config
+    from .config import ConfigError
+    from .configload import flags_of, load_config
 
     try:
         return load_config(getattr(args, "config", None), flags=flags_of(args, command=command), command=command)
@@ -46,7 +47,8 @@ def _config(args, command: str):
 
 def cmd_backtest(args) -> int:
     from .backtest import BacktestError, run
-    from .config import BACKTEST, ConfigError, backtest_config
+    from .config import BACKTEST, ConfigError
+    from .configload import backtest_config
     from .models import ModelDivergedError
     from .report import dumps_line
 
@@ -81,7 +83,8 @@ def cmd_backtest(args) -> int:
 def cmd_compare(args) -> int:
     from .backtest import BacktestError
     from .compare import model_configs, parse_models, run_compare
-    from .config import BACKTEST, ConfigError, backtest_config, flags_of
+    from .config import BACKTEST, ConfigError
+    from .configload import backtest_config, flags_of
     from .models import ModelDivergedError
     from .report import dumps_line
 
@@ -115,7 +118,8 @@ def cmd_generate(args) -> int:
 
     try:
         gs = GeneratorSettings(events=args.events, users=args.users, items=args.items, groups=args.groups,
-                               locality=args.locality, typed=args.typed, seed=args.seed)
+                               locality=args.locality, typed=args.typed, seed=args.seed, shape=args.shape,
+                               zipf=args.zipf)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     b = generate(gs)
@@ -213,7 +217,8 @@ def cmd_run(args) -> int:
 
 
 def _kafka_conf(args) -> dict:
-    from .config import ConfigError, kv_pairs
+    from .config import ConfigError
+    from .configload import kv_pairs
 
     try:
         return {"bootstrap.servers": args.brokers, **kv_pairs(args.kafka, "--kafka")}
@@ -372,7 +377,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import BACKTEST, RUN, BacktestConfig, RunConfig, add_flags, add_param_flags
+    from .config import BACKTEST, RUN, BacktestConfig, RunConfig
+    from .configload import add_flags, add_param_flags
     from .io.readers import FORMATS
 
     p = _Parser(prog="recsys-stream", description="Real-time streaming recommender")
@@ -467,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--locality", type=float, default=0.5)
     gen.add_argument("--typed", action="store_true", help="views/clicks/carts/purchases instead of ratings")
     gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--shape", choices=("groups", "zipf"), default="groups",  # generate.SHAPES
+                     help="zipf: a large catalog (Zipf popularity over all items, --groups taste clusters)")
+    gen.add_argument("--zipf", type=float, default=1.1, help="popularity exponent")
     gen.set_defaults(func=cmd_generate)
     return p
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from .backtest import BacktestError, Loaded, evaluate, load, restrict, write_dead_letter_file
-from .config import BACKTEST, BacktestConfig, ConfigError, RunConfig, from_env, from_toml, load_config
+from .config import BACKTEST, BacktestConfig, ConfigError, RunConfig
+from .configload import from_env, from_toml, load_config
 from .models import MODELS
 from .report import curves_window, write_compare_report
 
@@ -44,6 +45,7 @@ class CompareResult:
     loaded: Loaded
     dead_letter: str | None
     report: str | None = None  # report.html with --out
+    latest: dict = field(default_factory=dict)  # model -> {user: latest list record} (``--show`` users)
 
 
 def parse_models(text: str) -> list[str]:
@@ -135,15 +137,15 @@ def run_compare(cfgs: dict[str, RunConfig], b: BacktestConfig, started: float | 
     first = next(iter(cfgs.values()))
     loaded = load(first, b, any_model=True)
     dead_letter = write_dead_letter_file(loaded, b)
-    quiet_b = replace(b, out="", lists="", show=0, no_baseline=True)
-    summaries, curves = {}, {}
+    quiet_b = replace(b, out="", lists="", no_baseline=True)
+    summaries, curves, latest = {}, {}, {}
     origin = started + loaded.load_s  # the first model's startup_s counts the imports, as backtest's
     window = b.window_events or curves_window(len(loaded.events) * b.passes)  # one x axis for every model
     for model, cfg in cfgs.items():
         mine, left_out = restrict(loaded, cfg)
         reset = _reset_peak()
         _log(f"compare: model {model} ...", b.quiet)
-        summary, res, _latest = evaluate(cfg, quiet_b, mine, dead_letter, origin, invalid=left_out)
+        summary, res, latest[model] = evaluate(cfg, quiet_b, mine, dead_letter, origin, invalid=left_out)
         summary["peak_rss_mb"] = round(_peak_rss() / 2**20, 1)
         summary["memory"] = RSS_RESET if reset else RSS_CUMULATIVE
         curves[model] = res.acc.curves(window)
@@ -151,9 +153,9 @@ def run_compare(cfgs: dict[str, RunConfig], b: BacktestConfig, started: float | 
         if on_summary is not None:
             on_summary(model, summary)
         origin = time.perf_counter()
-    result = CompareResult(summaries, curves, loaded, dead_letter)
+    result = CompareResult(summaries, curves, loaded, dead_letter, latest=latest)
     if b.out:
         result.report = write_compare_report(b.out, summaries, curves, window, dead_letters=len(loaded.errors),
-                                             dead_letter_path=dead_letter)
+                                             dead_letter_path=dead_letter, latest=latest)
         _log(f"wrote {result.report}", b.quiet)
     return result

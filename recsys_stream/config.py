@@ -2,25 +2,19 @@
 
 Every setting is a field of ``RunConfig`` (both commands) or ``BacktestConfig`` (the
 backtest's own), with its default, its help and the commands that take it declared once,
-in the field. ``add_flags`` makes the command-line options from those declarations
-(``--input-topic`` for ``input_topic``), ``from_env`` reads ``RECSYS_<NAME>``, ``from_toml``
-the ``[job]`` table of a TOML file, and ``load_config`` merges them:
+in the field (``setting``); ``validate`` checks a whole configuration and names the flag
+of a bad setting. Reading the settings from the command line, ``RECSYS_*`` environment
+variables and a TOML file, and merging them, is ``recsys_stream.configload``'s job.
 
-    flags > RECSYS_* environment > TOML file (``--config``) > defaults
-
-Model parameters live in ``[model.params]`` (or ``RECSYS_PARAM_<NAME>``, or ``--param
-NAME=VALUE``, or a shortcut flag such as ``--dim``); librdkafka settings in ``[kafka]`` (or
-``RECSYS_KAFKA_<NAME>`` with dots as double underscores, e.g. ``RECSYS_KAFKA_SASL__PASSWORD``,
-or ``--kafka NAME=VALUE``) and are passed through to every client. Secrets (passwords,
-keys, tokens, OAuth configurations) are never logged: ``RunConfig.describe()`` redacts them.
+Secrets (passwords, keys, tokens, OAuth configurations) are never logged:
+``RunConfig.describe()`` redacts them.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tomllib
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Mapping
 
 from .models import DEFAULT_MODEL, MODELS
@@ -33,9 +27,6 @@ MAX_SHARDS = 4096  # user key groups (the checkpoint store numbers parts below 0
 MAX_BUCKETS = 4096  # item buckets (parts 0x8000 + bucket)
 KEY_GROUPS = 16  # default user key groups of a checkpointed job (its most workers after a rescale)
 SECRET_MARKERS = ("password", "secret", "key", "token", "credential", "jaas", "oauthbearer", "pem", "keytab")
-# model parameters with a flag of their own (``--dim`` is ``--param dim=...``)
-PARAM_FLAGS = {"dim": int, "lr": float, "reg": float, "negatives": int, "window": int, "recent": int,
-               "like_threshold": float, "quantized": bool, "adagrad": bool}
 
 
 class ConfigError(ValueError):
@@ -74,6 +65,8 @@ class RunConfig:
     batch_size: int = setting(2000, "messages per poll (run) / events per source batch (backtest; 0: 4096 shared "
                               "by the workers, so a worker sees the others' item updates every 4096 events of the "
                               "stream)", defaults={BACKTEST: 0})
+    reasons: bool = setting(False, "each list record carries reasons, one per item (why it is on the list; "
+                            "README: Reasons)")
     params: Mapping[str, Any] = field(default_factory=dict, metadata=opt("model parameter", flag="--param",
                                                                          metavar="KEY=VALUE"))
     # -- the generated stream (the embedded job; the backtest without DATA)
@@ -81,6 +74,10 @@ class RunConfig:
                               defaults={BACKTEST: 200_000})
     gen_users: int = setting(2000, "generated stream: users", defaults={BACKTEST: 5000})
     gen_items: int = setting(500, "generated stream: items", defaults={BACKTEST: 2000})
+    gen_shape: str = setting("groups", "generated stream: groups (taste groups over a small catalog) or zipf "
+                             "(Zipf popularity over a large catalog, taste clusters)", choices=("groups", "zipf"))
+    gen_groups: int = setting(20, "generated stream: taste groups (zipf: clusters)")
+    gen_zipf: float = setting(1.1, "generated stream: popularity exponent")
     rate: float = setting(4000.0, "embedded stream: events per second (0: as fast as it goes)", commands=(RUN,))
     # -- Kafka
     brokers: str = setting("", "bootstrap servers; omitted: the embedded generated stream", commands=(RUN,))
@@ -149,9 +146,13 @@ class RunConfig:
         if self.batch_size < least:
             raise ConfigError(f"batch_size: must be >= {least}, got {self.batch_size}")
         for name in ("k", "partitions", "replication", "workers", "recovery_partitions",
-                     "min_user_events", "gen_users", "gen_items", "item_buckets"):
+                     "min_user_events", "gen_users", "gen_items", "gen_groups", "item_buckets"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.gen_groups > self.gen_items:
+            raise ConfigError(f"gen_groups: at most gen_items ({self.gen_items}), got {self.gen_groups}")
+        if not (math.isfinite(self.gen_zipf) and self.gen_zipf >= 0):
+            raise ConfigError(f"gen_zipf: must be a finite number >= 0, got {self.gen_zipf}")
         if self.k > MAX_K:
             raise ConfigError(f"k: at most {MAX_K}, got {self.k}")
         if self.shards > MAX_SHARDS:
@@ -288,7 +289,8 @@ class BacktestConfig:
         return self
 
 
-def _fields(cls) -> dict:
+def field_map(cls) -> dict:
+    """Name -> field of a settings dataclass (``RunConfig`` or ``BacktestConfig``)."""
     return {f.name: f for f in fields(cls)}
 
 
@@ -297,14 +299,11 @@ def name_flag(msg: str) -> str:
     name, sep, rest = msg.partition(":")
     if not sep or " " in name:
         return msg
-    f = _fields(RunConfig).get(name)
+    f = field_map(RunConfig).get(name)
     if f is not None:
         return f"{flag_of(f)} ({name}, RECSYS_{name.upper()}):{rest}"
-    f = _fields(BacktestConfig).get(name)
+    f = field_map(BacktestConfig).get(name)
     return msg if f is None else f"{flag_of(f)}:{rest}"
-
-
-FIELDS = {n: f for n, f in _fields(RunConfig).items() if n not in ("params", "kafka")}
 
 
 def flags_for(f) -> tuple[str, ...]:
@@ -330,203 +329,6 @@ def default_of(f, command: str):
     return f.default_factory()
 
 
-def add_flags(parser, cls, command: str) -> None:
-    """Add an option per field of ``cls`` that ``command`` takes; options left out by the
-    user stay None, so only what was given overrides the environment and the file."""
-    for f in fields(cls):
-        md = f.metadata
-        if command not in md.get("commands", ()):
-            continue
-        help_ = md.get("help", "")
-        default = default_of(f, command)
-        names = flags_for(f)
-        if f.name in ("params", "kafka"):
-            parser.add_argument(*names, dest=f.name, action="append", default=None, metavar=md.get("metavar"),
-                                help=f"{help_} (repeatable)")
-            continue
-        kind = type(default) if default is not None else int
-        if kind is bool:
-            parser.add_argument(*names, dest=f.name, action="store_true", default=None, help=help_)
-            continue
-        if default not in ("", None, 0, 0.0) and not isinstance(default, bool):
-            help_ += f" (default {default})"
-        parser.add_argument(*names, dest=f.name, type=_parser_type(kind, names[0]), default=None,
-                            choices=md.get("choices"), metavar=md.get("metavar"), help=help_)
-
-
-def _parser_type(kind, flag):
-    def conv(text):
-        try:
-            if kind is float:
-                return float(text)
-            if kind is int:
-                return int(text)
-        except ValueError:
-            import argparse
-
-            raise argparse.ArgumentTypeError(f"expected {'a number' if kind is float else 'an integer'}, got "
-                                             f"{text!r}") from None
-        return text
-
-    conv.__name__ = kind.__name__
-    return conv
-
-
 def is_secret(name: str) -> bool:
     low = name.lower()
     return any(m in low for m in SECRET_MARKERS)
-
-
-def _convert(name: str, value: Any, source: str, cls=RunConfig) -> Any:
-    """Convert a raw setting (often a string) to the type of the field's default."""
-    f = _fields(cls)[name]
-    default = f.default
-    try:
-        if name == "process_id":
-            return None if value is None or value == "" else int(value)
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError, OverflowError):
-        kind = type(default).__name__ if default is not None else "int"
-        raise ConfigError(f"{name} (from {source}): cannot use {value!r} as {kind}") from None
-
-
-def from_toml(path: str) -> dict:
-    """Settings of a TOML file: ``[job]`` (or top-level keys), ``[model.params]``, ``[kafka]``."""
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"--config {path}: is a folder, expected a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"--config {path}: not readable") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
-    out: dict = {}
-    job = doc.get("job", {})
-    top = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-    for key, value in {**top, **job}.items():
-        if key not in FIELDS:
-            raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(sorted(FIELDS))}")
-        out[key] = _convert(key, value, path)
-    model = doc.get("model", {})
-    if "name" in model:
-        out["model"] = str(model["name"])
-    if "params" in model:
-        out["params"] = dict(model["params"])
-    if "kafka" in doc:
-        out["kafka"] = dict(doc["kafka"])
-    return out
-
-
-_SCRIPT_ENV = ("KAFKA_PYTHON", "KAFKA_HOME", "KAFKA_PORT", "KAFKA_DATA", "KAFKA_VERSION", "KAFKA_CONTROLLER_PORT",
-               "KAFKA_HEAP_OPTS", "KAFKA_JVM_OPTS", "KAFKA_START_TIMEOUT", "KAFKA_STOP_TIMEOUT")
-
-
-def from_env(env: Mapping[str, str]) -> dict:
-    out: dict = {}
-    params: dict = {}
-    kafka: dict = {}
-    for key, value in env.items():
-        if not key.startswith("RECSYS_"):
-            continue
-        name = key[len("RECSYS_"):]
-        if name.startswith("PARAM_"):
-            params[name[len("PARAM_"):].lower()] = value
-        elif name.startswith("KAFKA_") and not name.startswith("KAFKA_BOOTSTRAP"):
-            if name in _SCRIPT_ENV:
-                continue  # settings of scripts/kafka-dev.sh, not of the job
-            kafka[name[len("KAFKA_"):].lower().replace("__", ".")] = value
-        elif name.lower() in FIELDS:
-            out[name.lower()] = _convert(name.lower(), value, f"${key}")
-    if params:
-        out["params"] = params
-    if kafka:
-        out["kafka"] = kafka
-    return out
-
-
-def load_config(path: str | None = None, env: Mapping[str, str] | None = None, flags: Mapping | None = None,
-                command: str = RUN) -> RunConfig:
-    """Defaults (of ``command``) < file < environment < flags; ``flags`` holds only the
-    flags given."""
-    env = os.environ if env is None else env
-    merged: dict = {n: default_of(f, command) for n, f in FIELDS.items() if f.metadata.get("defaults")}
-    params: dict = {}
-    kafka: dict = {}
-    layers = [from_toml(path) if path else {}, from_env(env), dict(flags or {})]
-    for layer in layers:
-        params.update(layer.pop("params", {}) or {})
-        kafka.update(layer.pop("kafka", {}) or {})
-        for key, value in layer.items():
-            if key not in FIELDS:
-                raise ConfigError(f"unknown setting {key!r}")
-            merged[key] = _convert(key, value, "flags")
-    cfg = replace(RunConfig(), **merged, params=params, kafka=kafka)
-    return cfg.validate(command)
-
-
-def kv_pairs(items: list[str] | None, flag: str) -> dict:
-    """``["a=1", "b=2"]`` from a repeatable ``--flag KEY=VALUE`` option."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        if not k.strip():
-            raise ConfigError(f"{flag} {item!r}: the key is empty")
-        out[k.strip().replace("-", "_") if flag == "--param" else k.strip()] = v.strip()
-    return out
-
-
-def flags_of(args, cls=RunConfig, command: str = RUN) -> dict:
-    """The settings given on the command line (argparse ``args``), for ``load_config``."""
-    out = {}
-    for f in fields(cls):
-        if command not in f.metadata.get("commands", ()):
-            continue
-        v = getattr(args, f.name, None)
-        if v is None:
-            continue
-        if f.name in ("params", "kafka"):
-            v = kv_pairs(v, flag_of(f))
-        out[f.name] = v
-    shortcuts = {name: getattr(args, name) for name in PARAM_FLAGS if getattr(args, name, None) is not None}
-    if shortcuts:
-        out["params"] = {**out.get("params", {}), **shortcuts}
-    return out
-
-
-def add_param_flags(parser) -> None:
-    g = parser.add_argument_group("model parameters (shortcuts for --param NAME=VALUE; see docs/models.md)")
-    for name, kind in PARAM_FLAGS.items():
-        flag = "--" + name.replace("_", "-")
-        if kind is bool:
-            g.add_argument(flag, dest=name, action="store_true", default=None)
-        else:
-            g.add_argument(flag, dest=name, type=_parser_type(kind, flag), default=None)
-
-
-def backtest_config(args) -> BacktestConfig:
-    kw = {}
-    for f in fields(BacktestConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            kw[f.name] = v
-    return BacktestConfig(**kw).validate()

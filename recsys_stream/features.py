@@ -1,8 +1,9 @@
 """Side features of users and items, as 64-bit feature hashes (``field=value``).
 
-A ``FeatureStore`` maps an external id to its feature hashes; the shard copies them into
-per-row arrays when the row is created, and kernels cross and fold them into FTRL
-buckets. The id itself is always the first feature of a row.
+A ``FeatureStore`` maps an external id to its feature hashes; ``fill_user_rows`` and
+``fill_item_rows`` copy them into the per-row arrays of rows that have none yet (the
+shard calls them before a kernel call or a read), and kernels cross and fold them into
+FTRL buckets. The id itself is always the first feature of a row.
 """
 
 from __future__ import annotations
@@ -53,3 +54,29 @@ def fill_rows(store: FeatureStore | None, ids, rows: np.ndarray, feat: np.ndarra
         n = min(len(hs), feat.shape[1])
         feat[r, :n] = np.array(hs[:n], dtype=np.uint64)
         nfeat[r] = n
+
+
+def fill_user_rows(store: FeatureStore | None, users, rows: np.ndarray) -> None:
+    """Feature rows of the user rows ``rows`` (of a ``UserState``) that have none yet."""
+    ua = users.arrays
+    nu = ua["feat.nu"]
+    new = np.unique(rows[nu[rows] == 0])
+    if len(new):
+        fill_rows(store, [users.ids.ids[r] for r in new], new, ua["feat.u"], nu, "user")
+
+
+def fill_item_rows(store: FeatureStore | None, items, start: int = 0) -> int:
+    """Feature rows of every item row of ``items`` (an ``ItemState``) from ``start`` on that
+    has none yet, not only of a batch's items: a ranking or a list scores the whole catalog,
+    and rows restored from a checkpoint or made by another worker come without them (they
+    are never stored or sent). Returns the number of rows, the next call's ``start``."""
+    n = len(items)
+    if n <= start:
+        return start
+    ia = items.arrays
+    ni = ia["feat.ni"]
+    rows = start + np.flatnonzero(ni[start:n] == 0)
+    if len(rows):
+        ids = items.ids.ids
+        fill_rows(store, [ids[r] for r in rows], rows, ia["feat.i"], ni, "item")
+    return n

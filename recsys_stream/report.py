@@ -160,11 +160,13 @@ def _cell(v, col: str = "") -> str:
 
 
 def write_compare_report(out_dir: str, summaries: dict[str, dict], curves: dict[str, list[dict]], window: int,
-                         dead_letters: int = 0, dead_letter_path: str | None = None) -> str:
+                         dead_letters: int = 0, dead_letter_path: str | None = None,
+                         latest: dict | None = None) -> str:
     """``compare``'s outputs: ``summary.json`` (every model's summary, keyed by model),
     ``curves.csv`` (every model's curves, a ``model`` column first) and one self-contained
-    ``report.html`` (CSS inline, the plots as data: URIs, no external reference);
-    returns the report's path."""
+    ``report.html`` (CSS inline, the plots as data: URIs, no external reference; with
+    ``latest``, model -> {user: list record}, each model's final lists of those users,
+    with their reasons when the records carry them); returns the report's path."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "summary.json"), "wb") as f:
         f.write(orjson.dumps(summaries, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
@@ -206,6 +208,8 @@ def write_compare_report(out_dir: str, summaries: dict[str, dict], curves: dict[
                    ("cumulative",): f"Running values, every {window:,} events."}[tuple(panels)]
         data = base64.b64encode(png).decode()
         body.append(f"<h2>{e(title)}</h2><p>{caption}</p><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
+    if latest and any(latest.values()):
+        body.append(_lists_section(latest))
     body.append("<h2>Settings</h2><table>")
     for m, s in summaries.items():
         body.append(f"<tr><td>{e(m)}</td><td style='text-align:left'>{e(orjson.dumps(s.get('params')).decode())}"
@@ -215,6 +219,41 @@ def write_compare_report(out_dir: str, summaries: dict[str, dict], curves: dict[
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(body))
     return path
+
+
+def reason_text(why: dict) -> str:
+    """A reason (``records``) for a person: "because i42 (61 %)", "like i7 (cos 0.83)", "popular"."""
+    if "share" in why:
+        text = f"because {why['because']} ({100 * why['share']:.0f} %)"
+    elif "similarity" in why:
+        text = f"like {why['because']} (cos {why['similarity']:.2f})"
+    else:
+        text = why.get("source", "")
+    if why.get("sources"):
+        text += " [" + ", ".join(why["sources"]) + "]"
+    return text
+
+
+def _lists_section(latest: dict) -> str:
+    e = html.escape
+    users = sorted({u for recs in latest.values() for u in recs})
+    rows = ["<h2>Final lists of the most active users</h2>",
+            "<p>Each model's list after the user's last event (the first five items)"
+            + (", with the reason of each (<code>--reasons</code>)" if any(
+                "reasons" in r for recs in latest.values() for r in recs.values()) else "") + ".</p><table>",
+            "<tr><th>user</th><th>model</th><th style='text-align:left'>list</th></tr>"]
+    for u in users:
+        for m, recs in latest.items():
+            rec = recs.get(u)
+            if rec is None:
+                continue
+            why = rec.get("reasons") or [None] * len(rec["items"])
+            cells = "; ".join(e(str(i)) + (f" <small>({e(reason_text(w))})</small>" if w else "")
+                              for i, w in list(zip(rec["items"], why))[:5])
+            rows.append(f"<tr><td>{e(str(u))}</td><td>{e(m)}</td><td style='text-align:left'>{cells or '(empty)'}"
+                        "</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
 
 
 def curves_window(events: int) -> int:

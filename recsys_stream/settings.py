@@ -62,6 +62,6 @@ def shard_settings(cfg: RunConfig, **overrides) -> ShardSettings:
     """The shard's settings of a job or backtest configuration."""
     kw = dict(model=cfg.model, params=cfg.model_params(), k=cfg.k, seed=cfg.seed, half_life_days=cfg.half_life_days,
               rank=True if cfg.rank else None, evaluate=cfg.evaluate, dedupe_window_s=cfg.dedupe_window_s,
-              min_user_events=cfg.min_user_events, ttl_s=cfg.ttl_s)
+              min_user_events=cfg.min_user_events, ttl_s=cfg.ttl_s, reasons=cfg.reasons)
     kw.update(overrides)
     return ShardSettings(**kw)

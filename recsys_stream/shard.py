@@ -6,7 +6,10 @@ subscribers are computed right after the event that triggers them, from the stat
 that event. All of it happens in one kernel call per batch (``kernels.driver``).
 
 A shard owns its ``UserState``; it reads and updates the item side through an
-``ItemState`` it is given (its own by default).
+``ItemState`` it is given (its own by default). The shard decides whose events are
+applied and which (key groups, event filters, the admission of stored and new users) and
+keeps the step's bookkeeping; the kernel call and the read path are ``kernelcall``'s, the
+side-feature rows ``features``' and the list records ``records``'.
 """
 
 from __future__ import annotations
@@ -17,31 +20,18 @@ from itertools import repeat
 
 import numpy as np
 
-from . import scratch
 from .config import RunConfig as _D
 from .eventfilter import EventFilter
 from .events import EventBatch
-from .features import FeatureStore, fill_rows
-from .kernels.driver import prequential
-from collections import namedtuple
-
-from .kernels.layout import PEEK, RANK, WANT_LIST, Batch, Out
+from .features import FeatureStore, fill_item_rows, fill_user_rows
+from .kernelcall import Events, Outputs, first_recs, outputs, read, run
+from .kernels.layout import EXPLAIN, WANT_LIST
 from .models import MODELS, ModelDivergedError, Params, model_params
 from .models.ftrl import like_labels
-from .records import list_items, list_record
+from .records import list_records, reasons
 from .state import ItemState, UserState
 
 LIST_POLICIES = ("none", "last", "all")
-# what a kernel call hands back (see ``kernels.layout.Out``), as the numpy arrays Python reads
-Outputs = namedtuple("Outputs", ["pred", "pos", "topk", "lst", "lst_sc"])
-# a kernel call's events (see ``kernels.layout.Batch``), as numpy arrays
-Events = namedtuple("Events", ["U", "I", "V", "Y", "T", "E", "F", "ctx_ptr", "ctx_hash"])
-
-
-def outputs(n: int, k: int) -> Outputs:
-    return Outputs(np.full(n, np.nan, dtype=np.float32), np.full(n, -2, dtype=np.int16),
-                   np.full((n, k), -1, dtype=np.int32), np.full((n, k), -1, dtype=np.int32),
-                   np.zeros((n, k), dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -61,6 +51,7 @@ class ShardSettings:
     dedupe_window_s: float = _D.dedupe_window_s  # a repeated event id within this much event time is a duplicate
     min_user_events: int = _D.min_user_events  # frequency filter: a user gets state at their Nth event
     ttl_s: float = _D.ttl_s  # >0: users idle this long (event time) leave memory after a checkpoint stored them
+    reasons: bool = False  # list records carry reasons (``kernels.explain``, ``records``)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -133,16 +124,6 @@ def occurrence(U: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     last = np.empty(n, dtype=bool)
     last[order] = end
     return occ, occ == 0, last
-
-
-def mix64(z: int) -> int:
-    """SplitMix64's finaliser (``kernels.common.mix64``) in plain Python: calling the jitted
-    one from Python costs a dispatch (and a first-call compile) per call."""
-    m = 0xFFFFFFFFFFFFFFFF
-    z &= m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return z ^ (z >> 31)
 
 
 @dataclass
@@ -351,7 +332,8 @@ class Shard:
         ua["last_ts"][U] = b.ts  # the last write per user is their latest event
         self.users.reserve(U)
         if self.model.uses_features:
-            self._fill_features(U, I)
+            fill_user_rows(self.features, self.users, U)
+            self._item_features = fill_item_rows(self.features, self.items, self._item_features)
         labels = like_labels(b.etype, b.value, getattr(s.params, "like_threshold", 4.0))
         F = self.model.flags(b.etype, s.evaluate)
         if want is None and (s.lists != "none" or s.watch):
@@ -362,9 +344,10 @@ class Shard:
                 want = last
             else:
                 want = last & np.isin(b.user, list(s.watch))
+        explain = s.reasons and want is not None
         if want is not None:
-            F[want] |= WANT_LIST
-        out = outputs(n, k)
+            F[want] |= WANT_LIST | (EXPLAIN if explain else 0)
+        out = outputs(n, k, explain)
         uev_before = ua["uev"][U]
         t0 = time.perf_counter()
         status = self._run(Events(U, I, b.value, labels, b.ts, b.etype, F, b.ctx_ptr, b.ctx_hash), out)
@@ -379,138 +362,37 @@ class Shard:
             sel = rows >= first_new_item
             ids = self.items.ids.ids
             new_items = [(ids[r], int(b.seq[e])) for r, e in zip(rows[sel], first[sel])]
-        new_recs = self._new_recs(F, out.topk, b.seq, k) if s.evaluate else []
+        new_recs = first_recs(self.items, F, out.topk, b.seq) if s.evaluate else []
         for g, idx in group_runs(G):
             self.group(g).filter.mark_applied(b if len(idx) == n else b.take(idx))
         lists = None
         if want is not None:
             sel = np.flatnonzero(want)
             versions = uev_before[sel] + occurrence(U)[0][sel] + 1
-            lists = self._records(sel, b, out, versions)
+            why = (out.why_item, out.why_val, out.why_src) if explain else None
+            lists = list_records(b, sel, out.lst, out.lst_sc, self.items.ids.ids, s.model, versions, why,
+                                 self.model.reason_sources)
         return ShardResult(shard=self.index, n=n, seq=b.seq, pred=out.pred, target=target, pos=out.pos,
                            new_items=new_items, new_recs=new_recs, users=self.total_users(), items=len(self.items),
                            lists=lists, busy_s=busy)
 
-    def _run(self, batch: "Events", out: Outputs) -> int:
-        """Run the kernel over the batch; -1, or the index of the event after which the
-        model diverged. A kernel that runs out of pool room stops before an event; the pool
-        grows and the batch resumes there."""
-        k = self.settings.k
-        start = 0
-        n = len(batch.U)
-        while True:
-            self.model.reserve(self.users, self.items, n - start)
-            self.items.reserve_log(n - start, self.model.log_entries(n - start))
-            m = self.model.kernel_state(self.users, self.items, k)
-            sc = scratch.scratch(self.items.arrays.cap, k)
-            part = batch if start == 0 else Events(*(a[start:] for a in batch[:7]), batch.ctx_ptr[start:], batch.ctx_hash)
-            view = out if start == 0 else Outputs(*(a[start:] for a in out))
-            status = int(prequential(m, self.users.kernel(), self.items.kernel(), sc, Batch(*part), k, Out(*view)))
-            if status == -1:
-                return -1
-            if status >= 0:
-                return start + status
-            start += -status - 2
-            self.model.grow(self.users, self.items)
+    def _run(self, events: Events, out: Outputs) -> int:
+        """The kernel call over ``events`` (``kernelcall.run``): -1, or the index of the
+        event after which the model diverged."""
+        return run(self.model, self.users, self.items, events, out, self.settings.k)
 
     def recommend(self, user: str) -> dict:
         """The user's current list, read only (an unknown user gets the popularity list)."""
-        k = self.settings.k
         row = self.users.ids.get(user)
         ck = self.group(self.group_of(user)).checkpointer
         if row < 0 and ck is not None:
             if user in ck.load_users([user]):
                 row = self.users.ids.get(user)
         uev = int(self.users.arrays["uev"][row]) if row >= 0 else 0
-        if len(self.items) == 0:
-            return {"user": user, "items": [], "scores": [], "version": uev, "known": row >= 0}
-        one = np.zeros(1)
-        t = self.users.arrays["last_ts"][[row]] if row >= 0 else one
-        batch = Events(np.array([row], np.int64), np.zeros(1, np.int64), one.astype(np.float32), one, t,
-                       np.zeros(1, np.int8), np.array([WANT_LIST | PEEK], np.int32), np.zeros(2, np.int64),
-                       np.zeros(0, np.uint64))
-        out = outputs(1, k)
         if self.model.uses_features:
-            self._fill_item_features()
-        if row < 0:
-            # nobody knows this user: the popularity list, nothing excluded (u = -1 reads no user row)
-            self._popular(out)
-        else:
-            self._run(batch, out)
-        items, scores = list_items(self.items.ids.ids, out.lst[0], out.lst_sc[0])
-        return {"user": user, "items": items, "scores": scores.tolist(), "version": uev, "known": row >= 0}
-
-    def _popular(self, out: Outputs) -> None:
-        from .kernels.core import user_pop_topk
-
-        k = self.settings.k
-        sc = scratch.scratch(self.items.arrays.cap, k)
-        idx = np.full(k, -1, np.int32)
-        scores = np.zeros(k)
-        c = user_pop_topk(-1, self.users.kernel(), self.items.kernel(), sc, k, idx, scores)
-        out.lst[0] = idx
-        out.lst_sc[0, :c] = scores[:c]
-
-    def catalog(self, ops: list[tuple[str, str]]) -> None:
-        """Apply catalog operations in order: ``add`` makes an item recommendable (a new
-        item enters the catalog with no history), ``retire`` makes it never recommended
-        again (until added back)."""
-        it = self.items
-        a = it.arrays
-        for item, op in ops:
-            row = it.add(item)
-            if row >= it.n:
-                it.extend(row)
-                if self.model.uses_features:
-                    fill_rows(self.features, [item], np.array([row]), a["feat.i"], a["feat.ni"], "item")
-            a["active"][row] = 1 if op == "add" else 0
-            a["dirty"][row] = 1
-
-    # -- helpers --------------------------------------------------------------------
-
-    def _fill_features(self, U: np.ndarray, I: np.ndarray) -> None:
-        ua = self.users.arrays
-        nu = ua["feat.nu"]
-        new_u = np.unique(U[nu[U] == 0])
-        if len(new_u):
-            fill_rows(self.features, [self.users.ids.ids[r] for r in new_u], new_u, ua["feat.u"], nu, "user")
-        self._fill_item_features()
-
-    def _fill_item_features(self) -> None:
-        """Feature rows of every item row of the item side, not only of the batch's items: a
-        ranking or a list scores the whole catalog, and rows restored from a checkpoint or
-        made by another worker come without them (they are never stored or sent)."""
-        n = len(self.items)
-        lo = self._item_features
-        if n <= lo:
-            return
-        ia = self.items.arrays
-        ni = ia["feat.ni"]
-        rows = lo + np.flatnonzero(ni[lo:n] == 0)
-        if len(rows):
-            ids = self.items.ids.ids
-            fill_rows(self.features, [ids[r] for r in rows], rows, ia["feat.i"], ni, "item")
-        self._item_features = n
-
-    def _new_recs(self, F: np.ndarray, topk: np.ndarray, seq: np.ndarray, k: int) -> list:
-        from .kernels.core import mark_first_recs
-
-        m = topk.size
-        rows, seqs = np.empty(m, np.int64), np.empty(m, np.int64)
-        c = mark_first_recs(F, RANK, topk, np.ascontiguousarray(seq, dtype=np.int64),
-                            self.items.arrays["book.first_rec"], rows, seqs)
-        if not c:
-            return []
-        ids = self.items.ids.ids
-        return [(ids[r], q) for r, q in zip(rows[:c].tolist(), seqs[:c].tolist())]
-
-    def _records(self, sel, b: EventBatch, out: Outputs, versions) -> list:
-        """The list records (the recommendations topic's values) of events ``sel``."""
-        ids = self.items.ids.ids
-        model = self.settings.model
-        recs = []
-        for j, e in enumerate(sel):
-            items, scores = list_items(ids, out.lst[e], out.lst_sc[e])
-            recs.append(list_record(b.user[e], items, scores, model, versions[j], b.ts[e], b.part[e], b.offset[e],
-                                    None if b.ingest is None else b.ingest[e]))
-        return recs
+            self._item_features = fill_item_rows(self.features, self.items, self._item_features)
+        items, scores, why = read(self.model, self.users, self.items, row, self.settings.k, self.settings.reasons)
+        rec = {"user": user, "items": items, "scores": scores.tolist(), "version": uev, "known": row >= 0}
+        if why is not None:
+            rec["reasons"] = reasons(self.items.ids.ids, *why, len(items), self.model.reason_sources)
+        return rec

@@ -13,6 +13,17 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >&2
 "$VENV/bin/python" -m pip install -q -e ".[test]" >&2
 
+# A headless browser for the report test (tests/test_compare.py): Debian's chromium. Where
+# this script can install it (root with apt), the test must find it: it fails, not skips.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing chromium (apt)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >&2
+fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export RECSYS_REQUIRE_BROWSER=1
+fi
+
 # One broker for the whole session; stop it afterwards only if this script started it.
 export RECSYS_KAFKA_PYTHON="$VENV/bin/python"
 started=0

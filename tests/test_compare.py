@@ -108,3 +108,59 @@ def test_a_bad_model_name_exits_2_with_one_line(data):
     proc = cli("compare", data, "--models", "itemknn,pop", "--dim", "8")  # no model of these has a dim
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "--param dim" in proc.stderr
+
+
+def browser() -> str | None:
+    """A headless Chromium: scripts/test.sh installs Debian's ``chromium`` (and sets
+    RECSYS_REQUIRE_BROWSER, so CI fails instead of skipping when there is none)."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None and os.environ.get("RECSYS_REQUIRE_BROWSER"):
+        pytest.fail("no headless browser (chromium) on PATH, and RECSYS_REQUIRE_BROWSER is set")
+    return found
+
+
+def page_requests(exe: str, page, tmp_path) -> tuple[str, set]:
+    """Load ``page`` in headless Chromium: (the DOM after load, the URLs the page itself
+    requested). Chromium's own background requests (updates, sign-in) are in its net log
+    too, with the initiator "not an origin"; a page's carry its origin ("null" for a file)."""
+    netlog = tmp_path / f"{page.stem}.net.json"
+    proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",
+                           f"--log-net-log={netlog}", f"--user-data-dir={tmp_path / 'profile'}",
+                           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(netlog, "rb") as f:
+        events = orjson.loads(f.read())["events"]
+    urls = {ev["params"]["url"] for ev in events
+            if "url" in ev.get("params", {}) and ev["params"].get("initiator", "not an origin") != "not an origin"}
+    return proc.stdout, urls
+
+
+def test_report_renders_in_a_real_browser_without_requests(compared, tmp_path):
+    """The page as a browser sees it: every plot decodes to an image, the table is there,
+    and loading it requests nothing (checked against a page that does)."""
+    exe = browser()
+    if exe is None:
+        pytest.skip("no headless browser (chromium) installed")
+    _proc, out = compared
+    with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
+        page = f.read()
+    # a copy with a probe: the title becomes "<decoded images> of <images>" once loaded
+    probe = ("<script>addEventListener('load', () => { const im = [...document.images]; document.title = "
+             "im.filter(i => i.complete && i.naturalWidth > 100).length + ' of ' + im.length; });</script>")
+    probed = tmp_path / "probed.html"
+    probed.write_text(page + probe, encoding="utf-8")
+    dom, urls = page_requests(exe, probed, tmp_path)
+    title = re.search(r"<title>([^<]*)</title>", dom)
+    assert title is not None and title.group(1) == "3 of 3", dom[:300]  # three plots, each decoded
+    assert "<td>itemknn</td>" in dom and "<td>mf</td>" in dom
+    assert not [u for u in urls if not u.startswith(("file:", "data:"))], urls
+    # the detector sees a page's external request
+    control = tmp_path / "control.html"
+    control.write_text(page + "<img src='https://example.com/pixel.png'>", encoding="utf-8")
+    _dom, urls = page_requests(exe, control, tmp_path)
+    assert "https://example.com/pixel.png" in urls

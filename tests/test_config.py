@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_stream.config import ConfigError, load_config
+from recsys_stream.config import ConfigError
+from recsys_stream.configload import load_config
 
 TOML = """
 [job]

@@ -42,7 +42,8 @@ from flows.recsys import build_flow
 from recsys_stream.backtest import backtest
 from recsys_stream.checkpoint import Checkpointer, committed, digest
 from recsys_stream.ckdir import prepare_checkpoint_dir
-from recsys_stream.config import RUN, load_config
+from recsys_stream.config import RUN
+from recsys_stream.configload import load_config
 from recsys_stream.events import EventBatch
 from recsys_stream.generate import GeneratorSettings, generate
 from recsys_stream.inspect import committed_handles, describe

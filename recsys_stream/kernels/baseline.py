@@ -12,6 +12,7 @@ from numba import njit
 
 from .core import user_pop_topk
 from .driver import register_steps
+from .explain import explain_popular
 from .layout import bind_constructor, define
 from .popularity import pop_now
 
@@ -39,4 +40,9 @@ def pop_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return c
 
 
-register_steps(PopKType, rank=pop_rank, recommend=pop_recommend)
+@njit(cache=True, inline="always")
+def pop_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    explain_popular(k, idx, why_item, why_val, why_src)
+
+
+register_steps(PopKType, rank=pop_rank, recommend=pop_recommend, explain=pop_explain)

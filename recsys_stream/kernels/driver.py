@@ -10,6 +10,8 @@ For each event of a batch, in order::
     learn_post   if LEARN: updates that must see it *with* this event (e.g. sampling
                  negatives among items the user does not have, this one included)
     recommend    if WANT_LIST: the user's list after the event -> out.lst[e], out.lst_sc[e]
+    explain      if EXPLAIN too: why each item of that list is there -> out.why_*[e]
+                 (``explain``; the state is the one ``recommend`` saw)
 
 so "evaluate, then learn" and where each model learns relative to ``observe`` are written
 once, here, and each model states which learn step it uses (in its module docstring).
@@ -40,11 +42,12 @@ from numba import njit
 from numba.extending import overload
 
 from .core import observe
-from .layout import DIVERGED, EVALUATE, LEARN, OK, PEEK, RANK, WANT_LIST
+from .explain import no_reason
+from .layout import DIVERGED, EVALUATE, EXPLAIN, LEARN, OK, PEEK, RANK, WANT_LIST
 from .topk import position_in
 
 _STEPS: dict = {}
-STEP_NAMES = ("prep", "rank", "predict", "learn_pre", "learn_post", "recommend")
+STEP_NAMES = ("prep", "rank", "predict", "learn_pre", "learn_post", "recommend", "explain")
 
 
 def register_steps(state_cls, **steps) -> None:
@@ -86,6 +89,10 @@ def step_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     raise NotImplementedError
 
 
+def step_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    raise NotImplementedError
+
+
 def _impl(m, name):
     f = _STEPS.get(type(m), {}).get(name)
     # the step's Python function, compiled as this overload's implementation: a call that
@@ -111,6 +118,11 @@ def _noop_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
 
 def _noop_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return 0
+
+
+def _noop_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    for r in range(k):  # no reason of the model's own (``explain``: source 0)
+        no_reason(r, why_item, why_val, why_src)
 
 
 @overload(step_prep)
@@ -143,6 +155,11 @@ def _ov_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return _impl(m, "recommend") or _noop_recommend
 
 
+@overload(step_explain)
+def _ov_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    return _impl(m, "explain") or _noop_explain
+
+
 @njit(cache=True, nogil=True)
 def prequential(m, us, it, sc, b, k, out):
     """Run every event of ``b`` through the model's steps (see the module docstring)."""
@@ -171,4 +188,7 @@ def prequential(m, us, it, sc, b, k, out):
             step_recommend(m, us, it, sc, u, b.T[e], k, out.lst[e], sc_k)
             for r in range(k):
                 out.lst_sc[e, r] = sc_k[r]
+            if f & EXPLAIN:
+                step_explain(m, us, it, sc, u, k, out.lst[e], out.lst_sc[e], out.why_item[e], out.why_val[e],
+                             out.why_src[e])
     return -1

@@ -14,10 +14,11 @@ established users. An FTRL-Proximal logistic model (``ftrl``) scores the candida
 top k by probability is the list.
 
 Learning from event (u, i): when i is among the candidates, the re-ranker sees it as a
-positive and ``n_neg`` candidates drawn uniformly from the non-chosen ones as negatives
-(it models which candidate is chosen; a positive outside the candidates cannot be ranked
-and would only teach it that the sources do not matter); then the three base models
-learn from the event as they do alone.
+positive and, as negatives, ``rerank_negatives`` draws uniformly from the candidates
+with replacement, a draw of the chosen item skipped (so about ``rerank_negatives * (1 -
+1/n)`` negatives, a candidate possibly twice). It models which candidate is chosen: a
+positive outside the candidates cannot be ranked and would only teach it that the
+sources do not matter. Then the three base models learn from the event as they do alone.
 
 Steps (``driver``): ``prep`` gathers the candidates once per event (for ``rank`` and the
 re-ranker's learning); ``learn_pre`` (before ``observe``) trains the re-ranker and counts
@@ -36,6 +37,8 @@ from numba import njit
 
 from .common import rng_below_at, sigmoid
 from .driver import register_steps
+from .explain import (SRC_FACTORS, SRC_KNN, SRC_POPULAR, WHY_SIMILAR, factor_because, knn_recent,
+                      knn_top_contributor, no_reason)
 from .ftrl import ftrl_predict, ftrl_update, ftrl_weight
 from .core import user_pop_topk, user_topk
 from .implicit import implicit_learn
@@ -244,5 +247,43 @@ def hybrid_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return c
 
 
+@njit(cache=True, inline="always")
+def hybrid_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    """Which sources proposed each listed item, and the reason of the first of
+    item-to-item (its top recent item and share of the item-to-item score) and factors
+    (the most similar recent item) that did (``explain``). The candidates are gathered
+    again from the state ``recommend`` saw: the same ones."""
+    m.tmp[3] = _bucket(us.uev[u])
+    _candidates(m, us, it, sc, u)
+    back = us.recent.shape[1]
+    rows = np.empty(m.knn.hp.recent, np.int64)
+    wts = np.empty(m.knn.hp.recent, np.float64)
+    L = knn_recent(m.knn, us, u, rows, wts)
+    for r in range(k):
+        j = idx[r]
+        no_reason(r, why_item, why_val, why_src)
+        if j < 0:
+            continue
+        src = 0
+        if m.rank_knn[j] >= 0:
+            src |= SRC_KNN
+        if m.rank_mf[j] >= 0:
+            src |= SRC_FACTORS
+        if m.rank_pop[j] >= 0:
+            src |= SRC_POPULAR
+        why_src[r] = src
+        h, v = -1, 0.0
+        if src & SRC_KNN:
+            s_knn = m.knn.dsc[j] if is_dense(m.knn) else candidate_score(m.knn, it, j, int(m.tmp[4]))
+            h, v = knn_top_contributor(m.knn, rows, wts, L, j, s_knn)
+        if h < 0 and src & SRC_FACTORS:  # no recent item points to it: the factors' reason
+            h, v = factor_because(m.imp.Q, us, u, j, back)
+            why_src[r] = src | WHY_SIMILAR
+        if h >= 0:
+            why_item[r] = h
+            why_val[r] = v
+    _release(m)
+
+
 register_steps(HybridKType, prep=hybrid_prep, rank=hybrid_rank, learn_pre=hybrid_learn_pre, learn_post=hybrid_learn_post,
-               recommend=hybrid_recommend)
+               recommend=hybrid_recommend, explain=hybrid_explain)

@@ -38,6 +38,7 @@ from numba import njit
 from .common import rng_below_at, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
+from .explain import explain_factors
 from .layout import DIVERGED, OK, bind_constructor, define
 from .init import init_user_row
 from .pairset import pairset_contains
@@ -148,4 +149,10 @@ def implicit_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
 
 
-register_steps(ImplicitKType, rank=implicit_rank, learn_post=implicit_learn_post, recommend=implicit_recommend)
+@njit(cache=True, inline="always")
+def implicit_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    explain_factors(m.Q, m.cu[u] != 0, us, u, k, idx, why_item, why_val, why_src)
+
+
+register_steps(ImplicitKType, rank=implicit_rank, learn_post=implicit_learn_post, recommend=implicit_recommend,
+               explain=implicit_explain)

@@ -6,7 +6,8 @@ steps back j lies, 0 for the previous item), so only items close together in a h
 count, nearer ones more. ``n[i]`` counts item i's interactions. Row ``C[i]`` keeps at
 most ``neighbors`` entries, the heavy hitters (``neighbors``: Space-Saving).
 
-A catalog of at most ``dense_items`` rows keeps ``C`` as a dense matrix: scanning it is
+An item side whose row capacity (allocated rows: 1024, doubled as the catalog grows) is
+at most ``dense_items`` keeps ``C`` as a dense matrix: scanning it is
 exact and, at that size, faster than the lists (``state.NeighborPool`` switches once).
 
 Similarity and score: with the user's last ``L`` items r_0 (most recent) .. r_{L-1}::
@@ -30,11 +31,13 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
+import numpy as np
 from numba import njit
 
 from .core import recent_item, topk_with_popular, user_topk
 from .history import mark_history
 from .driver import register_steps
+from .explain import SRC_KNN, SRC_POPULAR, knn_recent, knn_top_contributor, no_reason
 from .layout import NEED_ROOM, OK, bind_constructor, define
 from .neighbors import nb_add, room_for
 from .popularity import pop_relative
@@ -263,7 +266,29 @@ def itemknn_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return itemknn_topk(m, us, it, sc, u, k, out_idx, out_sc)
 
 
-register_steps(ItemKNNKType, rank=itemknn_rank, learn_pre=itemknn_learn_pre, recommend=itemknn_recommend)
+@njit(cache=True, inline="always")
+def itemknn_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    """The recent item contributing most to each listed item's score (``explain``); an
+    item no recent item points to is on the list for its popularity."""
+    rows = np.empty(m.hp.recent, np.int64)
+    wts = np.empty(m.hp.recent, np.float64)
+    L = knn_recent(m, us, u, rows, wts)
+    for r in range(k):
+        j = idx[r]
+        no_reason(r, why_item, why_val, why_src)
+        if j < 0:
+            continue
+        h, share = knn_top_contributor(m, rows, wts, L, j, scores[r])
+        if h >= 0:
+            why_src[r] = SRC_KNN
+            why_item[r] = h
+            why_val[r] = share
+        else:
+            why_src[r] = SRC_POPULAR
+
+
+register_steps(ItemKNNKType, rank=itemknn_rank, learn_pre=itemknn_learn_pre, recommend=itemknn_recommend,
+               explain=itemknn_explain)
 
 
 @njit(cache=True)

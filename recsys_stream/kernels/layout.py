@@ -23,7 +23,9 @@ its declaration and the code that reads it, never a positional unpacking elsewhe
   context features as CSR);
 - ``Out``: what a call hands back per event (``pred`` prediction or NaN, ``pos`` the
   event's item position in the pre-learning top-k (-1 miss, -2 not ranked), ``topk``
-  that top-k, ``lst``/``lst_sc`` the list after learning, for events flagged WANT_LIST).
+  that top-k, ``lst``/``lst_sc`` the list after learning, for events flagged WANT_LIST,
+  ``why_item``/``why_val``/``why_src`` its reasons, for events flagged EXPLAIN too; those
+  three are (1, k) when no event of the call is).
 
 A model adds its own structure (its arrays of both sides and its hyper-parameters, a
 named tuple of scalars), declared with ``define`` like these, and registers its steps for
@@ -45,6 +47,7 @@ LEARN = 2  # update the model's parameters with the event
 WANT_LIST = 4  # compute the user's list after learning (to be emitted)
 RANK = 8  # rank the catalog before learning (ranking metrics)
 PEEK = 16  # read only: with WANT_LIST, the user's current list; nothing is learned or recorded
+EXPLAIN = 32  # with WANT_LIST: the list's reasons too (``explain``)
 
 # What a learn step returns.
 OK = 0
@@ -88,7 +91,7 @@ ItemK, ItemKType = define("ItemK", ["n", "active", "pop", "plin", "pop_meta", "p
                                     "seed", "plog_i", "plog_x", "plog_n"], __name__)
 Scratch, ScratchType = define("Scratch", ["scores", "excl", "sc_k"], __name__)
 Batch, BatchType = define("Batch", ["U", "I", "V", "Y", "T", "E", "F", "ctx_ptr", "ctx_hash"], __name__)
-Out, OutType = define("Out", ["pred", "pos", "topk", "lst", "lst_sc"], __name__)
+Out, OutType = define("Out", ["pred", "pos", "topk", "lst", "lst_sc", "why_item", "why_val", "why_src"], __name__)
 
 
 @njit(cache=True)
@@ -112,8 +115,8 @@ def _new_batch(U, I, V, Y, T, E, F, ctx_ptr, ctx_hash):
 
 
 @njit(cache=True)
-def _new_out(pred, pos, topk, lst, lst_sc):
-    return Out(pred, pos, topk, lst, lst_sc)
+def _new_out(pred, pos, topk, lst, lst_sc, why_item, why_val, why_src):
+    return Out(pred, pos, topk, lst, lst_sc, why_item, why_val, why_src)
 
 
 bind_constructor(UserK, _new_user)

@@ -34,12 +34,12 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-import numpy as np
 from numba import njit
 
 from .common import clip
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
+from .explain import explain_factors
 from .layout import DIVERGED, OK, bind_constructor, define
 from .init import init_user_row
 from .topk import quantize_row, score_factors, score_factors_q8
@@ -171,4 +171,10 @@ def mf_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     return c
 
 
-register_steps(MFKType, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn, recommend=mf_recommend)
+@njit(cache=True, inline="always")
+def mf_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_src):
+    explain_factors(m.Q, m.cu[u] != 0, us, u, k, idx, why_item, why_val, why_src)
+
+
+register_steps(MFKType, prep=mf_prep, rank=mf_rank, predict=mf_predict, learn_pre=mf_learn, recommend=mf_recommend,
+               explain=mf_explain)

@@ -118,6 +118,7 @@ class Model:
     predicts_like = False  # logloss/auc
     ranks = True  # ranking metrics by default
     uses_features = False  # needs user/item side-feature rows
+    reason_sources = False  # its reasons name the candidate sources that proposed an item (the hybrid)
     params_type: type = Params
 
     def __init__(self, params: Params, rank: bool | None = None):

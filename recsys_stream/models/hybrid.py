@@ -56,6 +56,7 @@ class HybridParams(Params):
 class HybridModel(Model):
     name = "hybrid"
     params_type = HybridParams
+    reason_sources = True
 
     def user_specs(self):
         return implicit_user_specs("imp", self.params.dim)
