@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import threading
 from bisect import bisect_left, bisect_right, insort
+from itertools import takewhile
 from typing import Iterator
 
 import lmdb
@@ -106,7 +107,11 @@ class _LmdbTxn(Txn):
             ok = cur.next()
 
     def keys(self, start: bytes = b"", prefix: bytes = b"") -> Iterator[bytes]:
-        return (key for key, _value in self.items(start, prefix))
+        # lmdb's own key iterator (no values read); a checkpoint calls this once per record
+        cur = self.txn.cursor()
+        if not cur.set_range(max(start, prefix)):
+            return iter(())
+        return takewhile(lambda key: key.startswith(prefix), cur.iternext(keys=True, values=False))
 
     def before(self, key: bytes) -> tuple[bytes, bytes] | None:
         cur = self.txn.cursor()

@@ -383,11 +383,12 @@ class Store:
                     index = []
                     for j, (table, entity, payload) in enumerate(records):
                         value = encode(wrap(entity, payload))
-                        key = version_key(shard, table, entity, gen)
+                        prefix = entity_prefix(shard, table, entity)
+                        key = prefix + _GEN.pack(gen)
                         txn.put(key, value)
                         index.append(_LEN.pack(len(key)) + key)
                         x ^= crc_of(value)
-                        self._gc(txn, shard, table, entity, gen)
+                        self._gc_prefix(txn, prefix, gen)
                         if fault is not None and t == 0 and j == len(records) // 2:
                             fault("checkpoint.mid-write")
                     man = Manifest(gen, len(records), x, meta)
@@ -411,10 +412,14 @@ class Store:
 
     def _gc(self, txn, shard: int, table: bytes, entity: bytes, gen: int) -> None:
         """Delete versions no restorable generation (>= gen - KEEP) needs."""
+        self._gc_prefix(txn, entity_prefix(shard, table, entity), gen)
+
+    @staticmethod
+    def _gc_prefix(txn, prefix: bytes, gen: int) -> None:
+        """``_gc`` of the entity whose keys start with ``prefix``."""
         horizon = gen - KEEP
         if horizon <= 0:
             return
-        prefix = entity_prefix(shard, table, entity)
         older = []
         for key in txn.keys(prefix, prefix):
             if len(key) != len(prefix) + 8:
