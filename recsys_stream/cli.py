@@ -82,14 +82,14 @@ def cmd_backtest(args) -> int:
 
 def cmd_compare(args) -> int:
     from .backtest import BacktestError
-    from .compare import model_configs, parse_models, run_compare
+    from .compare import model_configs, parse_models, run_compare, with_peers
     from .config import BACKTEST, ConfigError
     from .configload import backtest_config, flags_of
     from .models import ModelDivergedError
     from .report import dumps_line
 
     try:
-        models = parse_models(args.models)
+        models = with_peers(parse_models(args.models)) if args.peers else parse_models(args.models)
         flags = flags_of(args, command=BACKTEST)
         if "model" in flags:
             raise ConfigError("--model: compare takes --models M1,M2,...")
@@ -102,7 +102,7 @@ def cmd_compare(args) -> int:
         print(dumps_line(summary), flush=True)
 
     try:
-        res = run_compare(cfgs, b, started=_T0, on_summary=one)
+        res = run_compare(cfgs, b, started=_T0, on_summary=one, peers=args.peers)
     except (BacktestError, ModelDivergedError) as exc:
         raise CliError(str(exc)) from None
     print(dumps_line(res.summaries), flush=True)
@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "DIR: report.html with the models' curves overlaid.")
     cp.add_argument("data", nargs="?", default=None, help="log file or MovieLens folder; omitted: a generated stream")
     cp.add_argument("--models", required=True, metavar="M1,M2,...", help="the models to compare (comma-separated)")
+    cp.add_argument("--peers", action="store_true", help="River's BiasedMF and FTRL on the same stream too, and "
+                    "popularity (needs the peers extra: River)")
     cp.add_argument("--config", metavar="FILE", help="TOML settings ([job], [model.params])")
     add_flags(cp, BacktestConfig, BACKTEST)
     add_flags(cp, RunConfig, BACKTEST)

@@ -66,6 +66,18 @@ def parse_models(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def with_peers(models: list[str]) -> list[str]:
+    """``--peers``: the models plus ``pop`` (popularity, the peer the project has itself);
+    a ``ConfigError`` when River (the other peers) is not installed."""
+    from .peers import PeerUnavailable, river_version
+
+    try:
+        river_version()
+    except PeerUnavailable as exc:
+        raise ConfigError(str(exc)) from None
+    return list(dict.fromkeys(models + ["pop"]))
+
+
 def model_configs(models: list[str], config_path: str | None = None, flags: dict | None = None,
                   env=None) -> dict[str, RunConfig]:
     """One validated backtest configuration per model: the settings merged as
@@ -128,9 +140,10 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def run_compare(cfgs: dict[str, RunConfig], b: BacktestConfig, started: float | None = None,
-                on_summary=None) -> CompareResult:
+                on_summary=None, peers: bool = False) -> CompareResult:
     """Load once, replay each model (``cfgs``, from ``model_configs``), write the report
-    with ``b.out``; ``on_summary(model, summary)`` as each model finishes."""
+    with ``b.out``; ``on_summary(model, summary)`` as each model finishes. ``peers``: River's
+    BiasedMF and FTRL too, on the same events (``peers``)."""
     started = time.perf_counter() if started is None else started
     if b.lists:
         raise BacktestError("--lists: compare writes no lists; run backtest --model M --lists FILE")
@@ -153,6 +166,23 @@ def run_compare(cfgs: dict[str, RunConfig], b: BacktestConfig, started: float | 
         if on_summary is not None:
             on_summary(model, summary)
         origin = time.perf_counter()
+    if peers:
+        from .peers import PEERS, run_peer
+
+        k = first.k
+        like = getattr(cfgs.get("ftrl", first).model_params(), "like_threshold", 4.0)
+        for name in PEERS:
+            reset = _reset_peak()
+            _log(f"compare: peer {name} ...", b.quiet)
+            t0 = time.perf_counter()
+            summary, acc = run_peer(name, loaded.events, first.seed, k, like_threshold=like, quiet=b.quiet)
+            summary.update(data=loaded.name, format=loaded.format, k=k, seed=first.seed,
+                           seconds=round(time.perf_counter() - t0, 3),
+                           peak_rss_mb=round(_peak_rss() / 2**20, 1), memory=RSS_RESET if reset else RSS_CUMULATIVE)
+            curves[name] = acc.curves(window)
+            summaries[name] = summary
+            if on_summary is not None:
+                on_summary(name, summary)
     result = CompareResult(summaries, curves, loaded, dead_letter, latest=latest)
     if b.out:
         result.report = write_compare_report(b.out, summaries, curves, window, dead_letters=len(loaded.errors),

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import orjson
 import pytest
 
@@ -164,3 +165,50 @@ def test_report_renders_in_a_real_browser_without_requests(compared, tmp_path):
     control.write_text(page + "<img src='https://example.com/pixel.png'>", encoding="utf-8")
     _dom, urls = page_requests(exe, control, tmp_path)
     assert "https://example.com/pixel.png" in urls
+
+
+def test_peers_are_river_on_the_same_events_with_the_same_protocol(data, tmp_path):
+    """``--peers``: River's BiasedMF and FTRL replayed prequentially on the stream the
+    models saw (BiasedMF on the events mf learns from), with the figures of River run
+    here by hand, and popularity added; the report's table has a row for each."""
+    river = pytest.importorskip("river")  # the test extra installs it (pyproject.toml)
+    from river import linear_model, optim, reco
+
+    from recsys_stream.events import RATING
+    from recsys_stream.io.readers import read_events
+    from recsys_stream.metrics import auc_score, logloss
+
+    proc = cli("compare", data, "--models", "mf", "--peers", *OPTIONS, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keyed = json.loads(proc.stdout.splitlines()[-1])
+    assert list(keyed) == ["mf", "pop", "river-biasedmf", "river-ftrl"]
+    ev = read_events(data, value_range=None).events  # as compare reads it (time order)
+    rated = [(u, i, float(v)) for u, i, v, t in zip(ev.user, ev.item, ev.value, ev.etype)
+             if t == RATING and 1.0 <= v <= 5.0]
+    mf = reco.BiasedMF(n_factors=10, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.025),
+                       l2_bias=0.0, l2_latent=0.0, seed=3,
+                       latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=3))
+    err = []
+    for u, i, r in rated:
+        err.append(np.float32(mf.predict_one(u, i)) - np.float32(r))
+        mf.learn_one(u, i, r)
+    rmse = float(np.sqrt(np.mean(np.square(np.array(err, dtype=np.float64)))))
+    peer = keyed["river-biasedmf"]
+    assert peer["events"] == len(rated) == keyed["mf"]["events"]
+    assert peer["rmse"] == pytest.approx(rmse, rel=1e-6) and peer["peer"] == f"river {river.__version__}"
+    lr = linear_model.LogisticRegression(optimizer=optim.FTRLProximal(alpha=0.05, beta=1.0, l1=0.0, l2=1.0),
+                                         intercept_lr=0.01)
+    prob, y = [], []
+    for u, i, v, t in zip(ev.user, ev.item, ev.value, ev.etype):
+        x = {"u=" + u: 1.0, "i=" + i: 1.0}
+        like = bool(v >= 4.0) if t == RATING else bool(t != RATING)  # the generated log is all ratings
+        prob.append(lr.predict_proba_one(x)[True])
+        lr.learn_one(x, like)
+        y.append(float(like))
+    prob32, y = np.array(prob, dtype=np.float32), np.array(y)
+    assert keyed["river-ftrl"]["events"] == len(ev)
+    assert keyed["river-ftrl"]["logloss"] == pytest.approx(logloss(prob32, y), rel=1e-6)
+    assert keyed["river-ftrl"]["auc"] == pytest.approx(auc_score(prob32.astype(np.float64), y), rel=1e-6)
+    page = open(os.path.join(tmp_path, "report.html"), encoding="utf-8").read()
+    for name in keyed:
+        assert f"<tr><td>{name}</td>" in page, name
