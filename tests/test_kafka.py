@@ -35,7 +35,7 @@ def round_trip(kafka):
     out, dead = ku.unique("out"), ku.unique("dead")
     ku.produce(kafka, inp, msgs)
     proc = ku.run_job("--brokers", kafka, "--input-topic", inp, "--output-topic", out, "--dead-letter-topic", dead,
-                      "--partitions", "4", "--refresh-interval", "0.2", "--exit-at-end", "--k", "10")
+                      "--partitions", "4", "--refresh-interval", "0.2", "--exit-at-end", "--k", "10", "--reasons")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lists = ku.consume_all(kafka, out, min_count=1)
     dl = ku.consume_all(kafka, dead, min_count=len(BAD))
@@ -59,6 +59,25 @@ def test_every_user_gets_lists_of_k_distinct_unseen_items(round_trip):
     full = [r for r in recs if r["version"] >= 5]
     assert full and all(len(r["items"]) == 10 for r in full)  # catalog is large by then
     assert {"user", "items", "scores", "model", "version", "event_ts", "trigger", "emitted_at"} <= set(recs[0])
+
+
+def test_lists_through_the_broker_carry_reasons_naming_the_users_own_items(round_trip):
+    """``run --reasons``: every record on the topic has a reason per item, and every
+    "because" is one of the user's items up to the record's version."""
+    events, lists, _dl = round_trip
+    history = defaultdict(list)
+    for u, i in zip(events.user, events.item):
+        history[u].append(i)
+    because = 0
+    for r in ku.records(lists):
+        assert len(r["reasons"]) == len(r["items"]), r
+        had = set(history[r["user"]][: r["version"]])
+        for why in r["reasons"]:
+            assert set(why) in ({"because", "share"}, {"source"}), why
+            if "because" in why:
+                assert why["because"] in had and 0.0 < why["share"] <= 1.0, (r, why)
+                because += 1
+    assert because > 1000
 
 
 def test_versions_increase_and_the_last_list_reflects_the_last_event(round_trip):
