@@ -45,7 +45,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .topk import _sift_down, _worse, topk_candidates, topk_masked
+from .topk import _sift_down, _worse, quantize_into, topk_candidates, topk_masked
 
 
 # -- vectors and centroids ---------------------------------------------------------
@@ -183,21 +183,7 @@ def _put(Q, b, j, s, slot_q, slot_scale, slot_bias, quant):
     dim = Q.shape[1]
     slot_bias[s] = b[j]
     if quant:
-        m = 0.0
-        for f in range(dim):
-            a = abs(Q[j, f])
-            if a > m:
-                m = a
-        if m == 0.0:
-            slot_scale[s] = 0.0
-            for f in range(dim):
-                slot_q[s, f] = 0
-            return
-        sc = m / 127.0
-        slot_scale[s] = sc
-        inv = 1.0 / sc
-        for f in range(dim):
-            slot_q[s, f] = math.floor(Q[j, f] * inv + 0.5)
+        quantize_into(Q, j, slot_q, slot_scale, s)
     else:
         slot_scale[s] = 1.0
         for f in range(dim):

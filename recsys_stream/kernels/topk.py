@@ -244,6 +244,12 @@ def score_factors_q8(p, Q8, scale, item_bias, n_cat, out):
 @njit(cache=True, inline="always")
 def quantize_row(Q, j, Q8, scale):
     """Symmetric per-row int8 quantisation of ``Q[j]`` into ``Q8[j]``/``scale[j]``."""
+    quantize_into(Q, j, Q8, scale, j)
+
+
+@njit(cache=True, inline="always")
+def quantize_into(Q, j, Q8, scale, s):
+    """``quantize_row`` of ``Q[j]`` into row ``s`` of ``Q8``/``scale`` (an index's slot)."""
     dim = Q.shape[1]
     m = 0.0
     for f in range(dim):
@@ -251,15 +257,15 @@ def quantize_row(Q, j, Q8, scale):
         if a > m:
             m = a
     if m == 0.0:
-        scale[j] = 0.0
+        scale[s] = 0.0
         for f in range(dim):
-            Q8[j, f] = 0
+            Q8[s, f] = 0
         return
     sc = m / 127.0
-    scale[j] = sc
+    scale[s] = sc
     inv = 1.0 / sc
     for f in range(dim):
-        Q8[j, f] = np.int8(math.floor(Q[j, f] * inv + 0.5))
+        Q8[s, f] = np.int8(math.floor(Q[j, f] * inv + 0.5))
 
 
 @njit(cache=True)
