@@ -296,6 +296,23 @@ def apply_drift(Q, b, rows, rng):
     b[rows] += rng.normal(0.0, 0.02, len(rows))
 
 
+def time_updates(d, a, update, budget_s: float | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+    """ns per row of ``update(Q, b, rows)`` over the drift batches (``drift_batches``), the
+    vectors moved before each batch, at most ``budget_s`` seconds when given; and the moved
+    copies of Q and b."""
+    Qd, bd = d["Q"].copy(), d["b"].copy()
+    per = []
+    deadline = None if budget_s is None else time.perf_counter() + budget_s
+    for rows, rng in drift_batches(len(d["Q"]), d["pop"], a.update_batches, a.seed):
+        apply_drift(Qd, bd, rows, rng)
+        t0 = time.perf_counter_ns()
+        update(Qd, bd, rows)
+        per.append((time.perf_counter_ns() - t0) / len(rows))
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return per, Qd, bd
+
+
 def bench_exact(d, excl, active) -> dict:
     Q, b, P = d["Q"], d["b"], d["P"]
     n = len(Q)
@@ -360,13 +377,7 @@ def bench_ivf(d, excl, active, truth, a, variants) -> list[dict]:
             log(f"ann_recall:   nprobe {nprobe} cand {cand}: recall {row['recall@10']:.3f}, kernel {row['kernel']}")
         # updates: batches of 33 rows, the vectors moved by an SGD-like step; first from
         # Python (IVFIndex.update), then the same kind of batches timed inside compiled code
-        Qd, bd = Q.copy(), b.copy()
-        per = []
-        for rows, rng in drift_batches(n, d["pop"], a.update_batches, a.seed):
-            apply_drift(Qd, bd, rows, rng)
-            t0 = time.perf_counter_ns()
-            ix.update(Qd, bd, rows)
-            per.append((time.perf_counter_ns() - t0) / len(rows))
+        per, Qd, bd = time_updates(d, a, ix.update)
         rng = np.random.default_rng(a.seed + 1)
         batches = np.stack([r for r, _ in drift_batches(n, d["pop"], a.update_batches, a.seed + 1)])
         dQ = rng.normal(0.0, 0.01, batches.shape + (Q.shape[1],)).astype(np.float32)
@@ -450,13 +461,10 @@ def bench_hnswlib(d, excl, active, truth, a, aug: bool = False) -> list[dict]:
                "build_s": round(build_s, 2), "bytes_per_item": round(mem, 1)}
         out.append(row)
         log(f"ann_recall:   ef {ef}: recall {row['recall@10']:.3f}, call {row['call']}")
-    Qd, bd = Q.copy(), b.copy()
-    per = []
-    for rows, rng in drift_batches(n, d["pop"], a.update_batches, a.seed):
-        apply_drift(Qd, bd, rows, rng)
-        t0 = time.perf_counter_ns()
+    def add(Qd, bd, rows, ix=ix):
         ix.add_items(lib_vectors(Qd, bd, rows, M), rows, num_threads=1)
-        per.append((time.perf_counter_ns() - t0) / len(rows))
+
+    per, _Qd, _bd = time_updates(d, a, add)
     for r in out:
         r["update_us_per_row"] = round(float(np.median(per)) / 1e3, 2)
         r["update_p99_us_per_row"] = round(float(np.percentile(per, 99)) / 1e3, 2)
@@ -501,18 +509,12 @@ def bench_usearch(d, excl, active, truth, a) -> list[dict]:
                "build_s": round(build_s, 2), "bytes_per_item": round(mem, 1)}
         out.append(row)
         log(f"ann_recall:   ef {ef}: recall {row['recall@10']:.3f}, call {row['call']}")
-    Qd, bd = Q.copy(), b.copy()
-    per = []
-    deadline = time.perf_counter() + a.usearch_update_s
-    for rows, rng in drift_batches(n, d["pop"], a.update_batches, a.seed):
-        apply_drift(Qd, bd, rows, rng)
+    def remove_add(Qd, bd, rows, ix=ix):
         u = np.unique(rows)
-        t0 = time.perf_counter_ns()
         ix.remove(u)
         ix.add(u, np.hstack([Qd[u], bd[u, None].astype(np.float32)]), threads=1)
-        per.append((time.perf_counter_ns() - t0) / len(rows))
-        if time.perf_counter() > deadline:
-            break
+
+    per, _Qd, _bd = time_updates(d, a, remove_add, budget_s=a.usearch_update_s)
     for r in out:
         r["update_us_per_row"] = round(float(np.median(per)) / 1e3, 2)
         r["update_p99_us_per_row"] = round(float(np.percentile(per, 99)) / 1e3, 2)

@@ -171,7 +171,7 @@ def test_peers_are_river_on_the_same_events_with_the_same_protocol(data, tmp_pat
     """``--peers``: River's BiasedMF and FTRL replayed prequentially on the stream the
     models saw (BiasedMF on the events mf learns from), with the figures of River run
     here by hand, and popularity added; the report's table has a row for each."""
-    river = pytest.importorskip("river")  # the test extra installs it (pyproject.toml)
+    import river  # a test dependency (pyproject.toml's test extra): never skipped
     from river import linear_model, optim, reco
 
     from recsys_stream.events import RATING

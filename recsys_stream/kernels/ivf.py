@@ -45,7 +45,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .topk import _sift_down, _worse, quantize_into, topk_candidates, topk_masked
+from .topk import heap_offer, quantize_into, topk_candidates, topk_masked
 
 
 # -- vectors and centroids ---------------------------------------------------------
@@ -191,14 +191,20 @@ def _put(Q, b, j, s, slot_q, slot_scale, slot_bias, quant):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _move_slot(src, dst, slot_row, slot_q, slot_scale, slot_bias, row_slot):
+def _copy_slot(src, dst, slot_row, slot_q, slot_scale, slot_bias, d_row, d_q, d_scale, d_bias, row_slot):
+    """Slot ``src`` of one arena into slot ``dst`` of another (or the same) arena."""
     j = slot_row[src]
-    slot_row[dst] = j
+    d_row[dst] = j
     for f in range(slot_q.shape[1]):
-        slot_q[dst, f] = slot_q[src, f]
-    slot_scale[dst] = slot_scale[src]
-    slot_bias[dst] = slot_bias[src]
+        d_q[dst, f] = slot_q[src, f]
+    d_scale[dst] = slot_scale[src]
+    d_bias[dst] = slot_bias[src]
     row_slot[j] = dst
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _move_slot(src, dst, slot_row, slot_q, slot_scale, slot_bias, row_slot):
+    _copy_slot(src, dst, slot_row, slot_q, slot_scale, slot_bias, slot_row, slot_q, slot_scale, slot_bias, row_slot)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -262,15 +268,7 @@ def repack(lstart, llen, lcap, newcap, slot_row, slot_q, slot_scale, slot_bias, 
     for l in range(lstart.shape[0]):
         src = lstart[l]
         for r in range(llen[l]):
-            s = src + r
-            d = pos + r
-            j = slot_row[s]
-            n_row[d] = j
-            for f in range(slot_q.shape[1]):
-                n_q[d, f] = slot_q[s, f]
-            n_scale[d] = slot_scale[s]
-            n_bias[d] = slot_bias[s]
-            row_slot[j] = d
+            _copy_slot(src + r, pos + r, slot_row, slot_q, slot_scale, slot_bias, n_row, n_q, n_scale, n_bias, row_slot)
         lstart[l] = pos
         lcap[l] = newcap[l]
         pos += newcap[l]
@@ -443,23 +441,7 @@ def ivf_search(p, Q, b, n_cat, excl, active, M, centT, cn, lstart, llen, slot_ro
             j = slot_row[s0 + t]
             if j >= n_cat or active[j] == 0 or excl[j] != 0:
                 continue
-            if n < cand:
-                hs[n] = v
-                hj[n] = j
-                pos = n
-                n += 1
-                while pos > 0:
-                    parent = (pos - 1) // 2
-                    if _worse(hs[pos], hj[pos], hs[parent], hj[parent]):
-                        hs[pos], hs[parent] = hs[parent], hs[pos]
-                        hj[pos], hj[parent] = hj[parent], hj[pos]
-                        pos = parent
-                    else:
-                        break
-            else:
-                hs[0] = v
-                hj[0] = j
-                _sift_down(hs, hj, n, 0)
+            n = heap_offer(hs, hj, n, cand, v, j)
             if n == cand:
                 root = hs[0]
     for t in range(n):

@@ -88,6 +88,40 @@ def topk_masked(scores, n_cat, excl, active, k, out_idx, out_sc):
     return cnt
 
 
+@njit(cache=True, inline="always")
+def heap_offer(hs, hj, n, cap, s, j):
+    """Offer (s, j) to a min-heap by rank order (the root is the worst kept) holding ``n``
+    of at most ``cap``: pushed while there is room, else it replaces the root (the caller
+    has checked that it beats the root); returns the new count."""
+    if n < cap:
+        hs[n] = s
+        hj[n] = j
+        pos = n
+        while pos > 0:
+            parent = (pos - 1) // 2
+            if not _worse(hs[pos], hj[pos], hs[parent], hj[parent]):
+                break
+            hs[pos], hs[parent] = hs[parent], hs[pos]
+            hj[pos], hj[parent] = hj[parent], hj[pos]
+            pos = parent
+        return n + 1
+    pos = 0  # s replaces the root: move the hole down, without swaps
+    while True:
+        c = 2 * pos + 1
+        if c >= n:
+            break
+        if c + 1 < n and _worse(hs[c + 1], hj[c + 1], hs[c], hj[c]):
+            c += 1
+        if not _worse(hs[c], hj[c], s, j):
+            break
+        hs[pos] = hs[c]
+        hj[pos] = hj[c]
+        pos = c
+    hs[pos] = s
+    hj[pos] = j
+    return n
+
+
 @njit(cache=True)
 def _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc):
     hs = out_sc
@@ -102,34 +136,7 @@ def _topk_heap(scores, n_cat, excl, active, k, out_idx, out_sc):
             continue
         if active[j] == 0 or excl[j] != 0:
             continue
-        if n < k:
-            hs[n] = s
-            hj[n] = j
-            pos = n
-            n += 1
-            while pos > 0:
-                parent = (pos - 1) // 2
-                if _worse(hs[pos], hj[pos], hs[parent], hj[parent]):
-                    hs[pos], hs[parent] = hs[parent], hs[pos]
-                    hj[pos], hj[parent] = hj[parent], hj[pos]
-                    pos = parent
-                else:
-                    break
-        else:  # s replaces the root: move the hole down, without swaps
-            pos = 0
-            while True:
-                c = 2 * pos + 1
-                if c >= n:
-                    break
-                if c + 1 < n and _worse(hs[c + 1], hj[c + 1], hs[c], hj[c]):
-                    c += 1
-                if not _worse(hs[c], hj[c], s, j):
-                    break
-                hs[pos] = hs[c]
-                hj[pos] = hj[c]
-                pos = c
-            hs[pos] = s
-            hj[pos] = j
+        n = heap_offer(hs, hj, n, k, s, j)
         if n == k:
             root = hs[0]
     # heap sort: repeatedly move the worst to the end
