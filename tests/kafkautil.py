@@ -52,7 +52,11 @@ def create_topic(boot: str, name: str, partitions: int = 1) -> str:
 
 
 def produce(boot: str, topic: str, messages, partitioner: str = "murmur2_random") -> None:
-    p = Producer({"bootstrap.servers": boot, "partitioner": partitioner, "linger.ms": 5})
+    """Produce and wait for every acknowledgement. Idempotent, as the job's own producer:
+    without it librdkafka may reorder a partition's messages when it retries a request
+    (a broker slow to answer), and the tests read per-user order from the input."""
+    p = Producer({"bootstrap.servers": boot, "partitioner": partitioner, "linger.ms": 5,
+                  "enable.idempotence": True})
     for key, value in messages:
         p.produce(topic, key=key, value=value)
         p.poll(0)
@@ -106,6 +110,24 @@ def java_partition(key: bytes, partitions: int) -> int:
     """The partition Java clients (murmur2) put ``key`` in: the library's own, checked
     against the Java client's test vectors in its doctest."""
     return key_partition(key, partitions)
+
+
+def histories(boot: str, topic: str) -> dict[str, list[str]]:
+    """Each user's items in the order the broker holds them (a user's events share a
+    partition): the order a job reads. Only events with an ``id`` count, each id once, as
+    the job's dedupe does; malformed messages (no id) are left out."""
+    out: dict[str, list[str]] = {}
+    seen: set = set()
+    for _p, _o, _k, value, _h in sorted(consume_all(boot, topic), key=lambda m: (m[0], m[1])):
+        try:
+            ev = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(ev, dict) or "id" not in ev or ev["id"] in seen:
+            continue
+        seen.add(ev["id"])
+        out.setdefault(ev["user"], []).append(ev["item"])
+    return out
 
 
 def records(messages) -> list[dict]:

@@ -27,7 +27,7 @@ BIG = 1_030_000  # about 1.03 MB: over librdkafka's default message.max.bytes, u
 
 def produce(boot, topic, messages):
     p = Producer({"bootstrap.servers": boot, "linger.ms": 5, "message.max.bytes": 4_000_000,
-                  "partitioner": "murmur2_random"})
+                  "partitioner": "murmur2_random", "enable.idempotence": True})
     for key, value in messages:
         p.produce(topic, key=key, value=value)
         p.poll(0)
