@@ -118,7 +118,11 @@ def vm_rss_kib(pid: int) -> int:
 def run_one(spec: dict, via: str, max_rss_kib: int, timeout_s: float) -> dict:
     """One process: its last stdout line (JSON) with ``peak_rss_mib`` and ``wall_s``; or
     ``error`` when it failed or was killed."""
-    cmd = command(spec, via)
+    return run_cmd(command(spec, via), max_rss_kib, timeout_s)
+
+
+def run_cmd(cmd: list[str], max_rss_kib: int, timeout_s: float) -> dict:
+    """``run_one`` of a command line."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)

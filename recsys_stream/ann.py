@@ -20,6 +20,10 @@ the ranking among the candidates is the exact one. A caller refreshing every N e
 most N events old: an item whose score rose since its copy was taken can be missed for
 at most N events, and an item is never returned with a stale score. Centroids are as
 old as the last build; rows move between lists as they drift (``kernels.ivf``).
+
+The models do not refresh it by batches: ``FactorIndex`` (below) hands the index to their
+kernels, which re-copy every row they change at once (``kernels.annk``), so their
+rankings read copies as fresh as the rows.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ class IVFIndex:
         self.headroom = float(headroom)
         self.slack = float(slack)
         self.seed = int(seed)
-        self.stats = np.zeros(5, dtype=np.int64)  # rows updated, moves, adds, rows above M, rows checked
+        # rows updated, moves, adds, rows above M, rows checked, the largest list capacity,
+        # rows left stale for want of room (``kernels.annk.ann_refresh``)
+        self.stats = np.zeros(7, dtype=np.int64)
         self.built_n = 0
         self.built_imbalance = 1.0
         self.M = 0.0
@@ -143,6 +149,7 @@ class IVFIndex:
         self._alloc_arena(slots)
         self.used[0] = repack(self.lstart, self.llen, self.lcap, newcap, *old, self.slot_row, self.slot_q,
                               self.slot_scale, self.slot_bias, self.row_slot)
+        self.stats[5] = int(self.lcap.max()) if len(self.lcap) else 0
 
     # -- build ------------------------------------------------------------------------
 
@@ -191,30 +198,39 @@ class IVFIndex:
         self.built_n = m
         self.built_imbalance = self.imbalance()
         self.stats[:] = 0
+        self.stats[5] = int(self.lcap.max()) if nlist else 0
         return self
 
-    def tune(self, P: np.ndarray, Q: np.ndarray, b: np.ndarray, n: int, k: int = 10, target: float = 0.95) -> int:
+    def tune(self, P: np.ndarray, Q: np.ndarray, b: np.ndarray, n: int, k: int = 10, target: float = 0.95,
+             exclude: list | None = None) -> int:
         """Set ``nprobe`` to the fewest lists that give recall@k >= ``target`` against the
-        exact ranking for the queries ``P`` (a sample of the model's users; nothing
-        excluded), with this index's ``cand``; returns it (``nlist`` if none short of it
-        does). Costs one exact scan per query plus searches at about log2(nlist) probe
-        counts."""
+        exact ranking for the queries ``P`` (a sample of the model's users; ``exclude[t]``:
+        the rows query t must not return, its user's items), with this index's ``cand``;
+        returns it (``nlist`` if none short of it does). Costs one exact scan per query
+        plus searches at about log2(nlist) probe counts."""
         P = np.ascontiguousarray(P, dtype=np.float32)
         excl = np.zeros(n, dtype=np.uint8)
         active = np.ones(n, dtype=np.uint8)
         scores = np.empty(n)
+        none = np.zeros(0, dtype=np.int64)
+        mine = [np.asarray(exclude[t] if exclude is not None else none, dtype=np.int64) for t in range(len(P))]
+        mine = [m[m < n] for m in mine]
         truth = []
         idx, sc = np.empty(k, dtype=np.int64), np.empty(k)
-        for p in P:
+        for p, m in zip(P, mine):
             score_factors(p, Q, b, n, scores)
+            excl[m] = 1
             c = topk_masked(scores, n, excl, active, k, idx, sc)
+            excl[m] = 0
             truth.append(set(idx[:c].tolist()))
         want = sum(len(t) for t in truth)
 
         def rec(nprobe: int) -> float:
             hits = 0
-            for p, t in zip(P, truth):
+            for p, m, t in zip(P, mine, truth):
+                excl[m] = 1
                 got, _, c = self.search(p, Q, b, n, excl, active, k, nprobe=nprobe)
+                excl[m] = 0
                 hits += len(t & set(got[:c].tolist()))
             return hits / max(1, want)
 
@@ -331,3 +347,176 @@ class IVFIndex:
             assert a1 <= b0, "lists overlap"
         indexed = np.flatnonzero(self.row_list >= 0)
         assert set(indexed.tolist()) == set(seen), "row_list names rows no list holds"
+
+
+# -- a factor model's index, kept up to date with its item side ---------------------------
+
+ANN_MODES = ("auto", "on", "off")
+TUNE_USERS = 256  # users whose vectors tune the probe count at a build
+
+
+class FactorIndex:
+    """The index a factor model ranks with, over one item side (``ItemState.derived``).
+
+    ``mode``: ``"off"`` (the exact scan always), ``"on"`` (the index from the first item
+    on) or ``"auto"`` (the index once the catalog has ``min_items`` items: below that the
+    exact scan is about as fast and exact). The kernels keep it current and say when it
+    must be built or grown (``kernels.annk``: ``ann_ready``, ``ann_refresh``); ``grow``
+    does it. A build happens at the first learned event at which the catalog has
+    ``want_at`` items (``min_items``, or twice the rows of the last build), or when the
+    index's health asks for one (rows outgrew ``M``, rows drifted out of their lists,
+    ``IVFIndex.needs_rebuild``); its probe count is tuned for recall@10 >= ``recall`` on
+    the vectors of up to ``TUNE_USERS`` of the model's users (``IVFIndex.tune``). Rows
+    changed outside the model's calls (other workers' updates) are re-copied when they
+    arrive (``changed``).
+
+    Lists with the index are exact among the candidates (scores are the current ones);
+    which rows are candidates depends on the index's history, a function of the events in
+    order: replays are deterministic, whatever the batches. A restore drops the index
+    (``ItemState.resort``) and the next learned event builds it from the restored rows,
+    so lists after a restore can differ from the uninterrupted run's in their candidates;
+    the state of a model whose learning does not read its lists (``implicit``) does not.
+    Until that event, reads rank by the exact scan. An item becomes a candidate at its
+    first learned event (or the next build).
+    """
+
+    def __init__(self, prefix: str, dim: int, mode: str = "auto", min_items: int = 20_000, recall: float = 0.99,
+                 seed: int = 0):
+        if mode not in ANN_MODES:
+            raise ValueError(f"ann must be one of {ANN_MODES}, got {mode!r}")
+        self.prefix, self.dim, self.mode = prefix, int(dim), mode
+        self.min_items, self.recall, self.seed = int(min_items), float(recall), int(seed)
+        self.ix: IVFIndex | None = None
+        self.builds = 0
+        self.build_s = 0.0
+        self.last_reason = ""
+        self._x = np.zeros(dim + 2, dtype=np.float32)
+
+    @classmethod
+    def of(cls, items, prefix: str, dim: int, **settings) -> "FactorIndex":
+        key = f"ann.{prefix}"
+        fi = items.derived.get(key)
+        if fi is None:
+            fi = items.derived[key] = cls(prefix, dim, **settings)
+        return fi
+
+    def _arrays(self, items):
+        a = items.arrays
+        return a[f"{self.prefix}.Q"], a[f"{self.prefix}.b"]
+
+    @property
+    def want_at(self) -> int:
+        """The catalog size at which the next build is due (-1: never)."""
+        if self.ix is not None:
+            return 2 * max(self.ix.built_n, 1)
+        if self.mode == "off":
+            return -1
+        return 1 if self.mode == "on" else max(self.min_items, 1)
+
+    def _health(self) -> str | None:
+        st = self.ix.stats
+        if self.ix.M > 0 and st[0] >= 1000 and st[3] * 100 > st[0]:
+            return f"{st[3]} of {st[0]} updated rows above M"
+        if st[4] >= 50 and st[1] * 5 > st[4]:
+            return f"{st[1]} of {st[4]} checked rows misplaced"
+        return None
+
+    def _room(self) -> int:
+        from .kernels.annk import ann_room
+
+        return int(ann_room(self.per_event, int(self.ix.stats[5])))
+
+    def ready(self, items, per_event: int) -> bool:
+        """``kernels.annk.ann_ready`` of the index as it is: False when the next learned
+        event would stop for it."""
+        self.per_event = int(per_event)
+        want = self.want_at
+        if want >= 0 and items.n >= want:
+            return False
+        if self.ix is None:
+            return True
+        return self._health() is None and len(self.ix.slot_row) - int(self.ix.used[0]) >= self._room()
+
+    def grow(self, items, users, per_event: int) -> None:
+        """After a kernel asked (``NEED_ROOM``): build the index if due, else make room in its
+        arena; nothing when it was something else that needed room."""
+        self.per_event = int(per_event)
+        n = items.n
+        want = self.want_at
+        if want >= 0 and n >= want:
+            self._build(items, users, "first use" if self.ix is None else f"catalog {self.ix.built_n} -> {n}")
+            return
+        if self.ix is None:
+            return
+        why = self._health()
+        if why:
+            self._build(items, users, why)
+        elif len(self.ix.slot_row) - int(self.ix.used[0]) < self._room():
+            why = self.ix.needs_rebuild()  # imbalance: a good moment to re-cluster
+            if why:
+                self._build(items, users, why)
+            else:
+                self.ix._repack(extra=4 * self._room())
+
+    def _build(self, items, users, reason: str) -> None:
+        import time
+
+        Q, b = self._arrays(items)
+        n = items.n
+        t0 = time.perf_counter()
+        ix = IVFIndex(self.dim, seed=self.seed).build(Q, b, n)
+        P, mine = self._tune_users(users)
+        if len(P) and n > 10:
+            ix.tune(P, Q, b, n, k=10, target=self.recall, exclude=mine)
+        self.ix = ix
+        if len(ix.slot_row) - int(ix.used[0]) < self._room():
+            ix._repack(extra=4 * self._room())
+        self.builds += 1
+        self.build_s += time.perf_counter() - t0
+        self.last_reason = reason
+
+    def _tune_users(self, users) -> tuple[np.ndarray, list]:
+        """Up to ``TUNE_USERS`` learned users' vectors and items (the queries they make)."""
+        if users is None:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        a = users.arrays
+        cu = a[f"{self.prefix}.cu"][: len(users)]
+        rows = np.flatnonzero(cu > 0)
+        if len(rows) > TUNE_USERS:
+            rows = np.sort(np.random.default_rng(self.seed).choice(rows, TUNE_USERS, replace=False))
+        P = np.ascontiguousarray(a[f"{self.prefix}.P"][rows], dtype=np.float32)
+        return P, [users.items_of(int(r)) for r in rows]
+
+    def kernel(self, items, per_event: int):
+        """The structure a call's steps read (``kernels.annk.AnnK``); ``per_event``: the most
+        item rows one event changes."""
+        from .kernels.annk import AnnK
+
+        self.per_event = int(per_event)
+        ix = self.ix
+        if ix is None:
+            z = np.zeros(1, dtype=np.int64)
+            f = np.zeros(1, np.float32)
+            return AnnK(0, 0.0, 0, 0, True, 0, self.want_at, self.per_event, np.zeros((1, 1), np.float32), f, z, z, z,
+                        z, np.zeros(1, np.int32), np.zeros((1, self.dim), np.int8), f, f, np.zeros(1, np.int32), z,
+                        np.zeros(7, np.int64), self._x, f)
+        ix._ensure_rows(items.arrays.cap)
+        return AnnK(1, float(ix.M), int(ix.nprobe), int(ix.cand_for(10)), ix.quant, ix.check_every, self.want_at,
+                    self.per_event, ix.centT, ix.cn, ix.lstart, ix.llen, ix.lcap, ix.used, ix.slot_row, ix.slot_q,
+                    ix.slot_scale, ix.slot_bias, ix.row_list, ix.row_slot, ix.stats, self._x,
+                    np.zeros(ix.nlist, np.float32))
+
+    def changed(self, items, rows) -> None:
+        """Rows changed outside the model's calls (other workers' updates, between calls)."""
+        if self.ix is None:
+            return
+        Q, b = self._arrays(items)
+        rows = np.asarray(rows, dtype=np.int64)
+        self.ix.update(Q, b, rows[rows < items.n])
+
+    def info(self) -> dict:
+        ix = self.ix
+        return {"on": ix is not None, "builds": self.builds, "build_s": round(self.build_s, 3),
+                "rows": len(ix) if ix else 0, "nlist": ix.nlist if ix else 0, "nprobe": ix.nprobe if ix else 0,
+                "bytes": ix.memory_bytes() if ix else 0, "stale_rows": int(ix.stats[6]) if ix else 0,
+                "last_build": self.last_reason}

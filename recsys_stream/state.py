@@ -249,6 +249,10 @@ class ItemState:
         self.plog_i = np.zeros(0, dtype=np.int32)
         self.plog_x = np.zeros(0, dtype=np.float64)
         self.plog_n = np.zeros(1, dtype=np.int64)
+        # structures models derive from the rows and keep up to date themselves (a factor
+        # model's retrieval index, ``ann.FactorIndex``), by name; dropped when rows change
+        # in bulk (``resort``), rebuilt by their model when next needed
+        self.derived: dict = {}
         self.sync()
 
     def start_log(self) -> None:
@@ -325,7 +329,9 @@ class ItemState:
             a["n"][0] = row + 1
 
     def resort(self) -> None:
-        """Rebuild the popularity order (after a restore)."""
+        """Rebuild the popularity order (after a restore); the derived structures start
+        over."""
+        self.derived.clear()
         a = self.arrays
         pop_resort(a["pop"], a["plin"], a["pop_meta"], self.n, a["pop.order"], a["pop.rank"])
 

@@ -291,13 +291,14 @@ class Run:
         self.errors: list[str] = []  # ERROR log lines of the flow (when collected)
 
 
-def checkpointed_flow(root: Path, model: str, log: EventBatch, batch_size: int = 400) -> Run:
+def checkpointed_flow(root: Path, model: str, log: EventBatch, batch_size: int = 400, params=None) -> Run:
     """``log`` through the job's dataflow (user key groups, item owners, Bytewax recovery)
-    with the checkpoint directory ``root``: a first run, or a resume from what is there."""
+    with the checkpoint directory ``root``: a first run, or a resume from what is there
+    (``params``: the model's, else its defaults)."""
     cfg = load_config(None, env={}, flags={"model": model, "checkpoint_dir": str(root), "seed": 7}, command=RUN)
     n_shards, rec = prepare_checkpoint_dir(cfg)
     ck = CheckpointSettings(str(root / "state.lmdb"), map_gb=0.25, root=str(root))
-    fs = FlowSettings(shard=shard_settings(model, lists="all", rank=True), n_shards=n_shards,
+    fs = FlowSettings(shard=shard_settings(model, lists="all", rank=True, params=params), n_shards=n_shards,
                       n_buckets=cfg.item_buckets, checkpoint=ck)
     m = MODELS[model]
     acc = MetricsAccumulator(k=K, rating=m.predicts_rating, like=m.predicts_like)

@@ -35,6 +35,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from .annk import ann_ready, factor_score, factor_topk
 from .common import rng_below_at, sigmoid
 from .driver import register_steps
 from .explain import (SRC_FACTORS, SRC_KNN, SRC_POPULAR, WHY_SIMILAR, factor_because, knn_recent,
@@ -47,7 +48,7 @@ from .itemknn import (candidate_score, dense_scores, is_dense, itemknn_gather, i
 from .layout import DIVERGED, LEARN, NEED_ROOM, OK, RANK, bind_constructor, define
 from .neighbors import room_for
 from .popularity import pop_relative
-from .topk import score_factors, topk_candidates
+from .topk import topk_candidates
 
 N_FEAT = 7  # per activity bucket
 N_BUCKETS = 5
@@ -109,10 +110,10 @@ def _candidates(m, us, it, sc, u):
     n_cat = it.n[0]
     imp, knn = m.imp, m.knn
     s_mf = sc.scores
-    score_factors(imp.P[u], imp.Q, imp.b, n_cat, s_mf)
     top_idx, top_sc, cand = m.top_idx, m.top_sc, m.cand
     rank_mf, rank_knn, rank_pop = m.rank_mf, m.rank_knn, m.rank_pop
-    c = user_topk(s_mf, n_cat, u, us, it, sc, hp.factor_candidates, top_idx, top_sc)
+    # from the index (large catalogs) or the exact scan, which leaves every score in s_mf
+    c = factor_topk(imp.ann, imp.P[u], imp.Q, imp.b, us, it, sc, u, hp.factor_candidates, top_idx, top_sc)
     n = 0
     for r in range(c):
         j = top_idx[r]
@@ -144,6 +145,11 @@ def _candidates(m, us, it, sc, u):
             cand[n] = j
             n += 1
         rank_pop[j] = r
+    if imp.ann.on:  # the features read the factor score of every candidate
+        p = imp.P[u]
+        for t in range(n):
+            j = cand[t]
+            s_mf[j] = factor_score(p, imp.Q, imp.b, j)
     m.tmp[0] = n
     m.tmp[1] = knn_max
     m.tmp[2] = pop_max
@@ -204,6 +210,9 @@ def hybrid_learn_pre(m, us, it, sc, b, e):
     u = b.U[e]
     i = b.I[e]
     if not is_dense(m.knn) and not room_for(m.knn.used, m.knn.pj.shape[0], m.knn.hp.neighbors, m.knn.hp.window + 2):
+        _release(m)
+        return NEED_ROOM
+    if not ann_ready(m.imp.ann, it.n[0]):
         _release(m)
         return NEED_ROOM
     n = int(m.tmp[0])

@@ -23,7 +23,11 @@ A factor model needs many negatives per event before it beats popularity; one pe
 stays near it. Rows are drawn from N(0, init_std^2): a user's at its first update, an
 item's when it is created, from its id (``init``).
 
-Steps (``driver``): ``rank``; ``learn_post``, after ``observe``, so the event's item is
+Ranking reads the model's retrieval index when it is on (``annk.factor_topk``: large
+catalogs), else scans every item; a changed item row is re-copied into the index at once.
+
+Steps (``driver``): ``rank``; ``learn_pre``, which only checks that the index can take
+the event's changes (``annk.ann_ready``); ``learn_post``, after ``observe``, so the event's item is
 among the user's items that negatives skip, and a new item is already in the catalog
 negatives are drawn from; ``recommend``.
 """
@@ -35,23 +39,24 @@ from collections import namedtuple
 
 from numba import njit
 
+from .annk import ann_ready, ann_refresh, factor_topk
 from .common import rng_below_at, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
 from .explain import explain_factors
-from .layout import DIVERGED, OK, bind_constructor, define
+from .layout import DIVERGED, NEED_ROOM, OK, bind_constructor, define
 from .init import init_user_row
 from .pairset import pairset_contains
-from .topk import quantize_row, score_factors, score_factors_q8
+from .topk import quantize_row, score_factors_q8
 
 ImplicitHP = namedtuple("ImplicitHP", ["lr", "reg", "bias_reg", "init_std", "isgd", "negatives", "neg_tries",
                                        "quantized"])
-ImplicitK, ImplicitKType = define("ImplicitK", ['P', 'cu', 'Q', 'b', 'ci', 'Q8', 'qs', 'hp', 'tmp'], __name__)
+ImplicitK, ImplicitKType = define("ImplicitK", ['P', 'cu', 'Q', 'b', 'ci', 'Q8', 'qs', 'hp', 'tmp', 'ann'], __name__)
 
 
 @njit(cache=True)
-def _new_implicitk(P, cu, Q, b, ci, Q8, qs, hp, tmp):
-    return ImplicitK(P, cu, Q, b, ci, Q8, qs, hp, tmp)
+def _new_implicitk(P, cu, Q, b, ci, Q8, qs, hp, tmp, ann):
+    return ImplicitK(P, cu, Q, b, ci, Q8, qs, hp, tmp, ann)
 
 
 bind_constructor(ImplicitK, _new_implicitk)
@@ -108,12 +113,14 @@ def implicit_learn(m, us, it, u, i):
             Q[j, d] += lr * (-g * pu - reg * Q[j, d])
         b[i] += lr * (g - breg * b[i])
         b[j] += lr * (-g - breg * b[j])
+        ann_refresh(m.ann, Q, b, j)
         if use_q8:
             quantize_row(Q, j, m.Q8, m.qs)
         if not math.isfinite(b[j]):
             return False
     if use_q8:
         quantize_row(Q, i, m.Q8, m.qs)
+    ann_refresh(m.ann, Q, b, i)
     m.cu[u] += 1
     ci[i] += 1
     if not math.isfinite(b[i]):
@@ -127,12 +134,17 @@ def implicit_learn(m, us, it, u, i):
 @njit(cache=True, inline="always")
 def implicit_rank(m, us, it, sc, b, e, k, out_idx, out_sc):
     u = b.U[e]
-    n_cat = it.n[0]
-    if m.hp.quantized:
+    if m.hp.quantized and not m.ann.on:
+        n_cat = it.n[0]
         score_factors_q8(m.P[u], m.Q8, m.qs, m.b, n_cat, sc.scores)
-    else:
-        score_factors(m.P[u], m.Q, m.b, n_cat, sc.scores)
-    return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+        return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+    return factor_topk(m.ann, m.P[u], m.Q, m.b, us, it, sc, u, k, out_idx, out_sc)
+
+
+@njit(cache=True, inline="always")
+def implicit_learn_pre(m, us, it, sc, b, e):
+    """Before the event changes anything: the retrieval index can take its changes."""
+    return OK if ann_ready(m.ann, it.n[0]) else NEED_ROOM
 
 
 @njit(cache=True, inline="always")
@@ -144,9 +156,7 @@ def implicit_learn_post(m, us, it, sc, b, e):
 def implicit_recommend(m, us, it, sc, u, t, k, out_idx, out_sc):
     if m.cu[u] == 0:  # not learned yet (e.g. a frequency filter): the popularity list
         return user_pop_topk(u, us, it, sc, k, out_idx, out_sc)
-    n_cat = it.n[0]
-    score_factors(m.P[u], m.Q, m.b, n_cat, sc.scores)
-    return user_topk(sc.scores, n_cat, u, us, it, sc, k, out_idx, out_sc)
+    return factor_topk(m.ann, m.P[u], m.Q, m.b, us, it, sc, u, k, out_idx, out_sc)
 
 
 @njit(cache=True, inline="always")
@@ -154,5 +164,5 @@ def implicit_explain(m, us, it, sc, u, k, idx, scores, why_item, why_val, why_sr
     explain_factors(m.Q, m.cu[u] != 0, us, u, k, idx, why_item, why_val, why_src)
 
 
-register_steps(ImplicitKType, rank=implicit_rank, learn_post=implicit_learn_post, recommend=implicit_recommend,
+register_steps(ImplicitKType, rank=implicit_rank, learn_pre=implicit_learn_pre, learn_post=implicit_learn_post, recommend=implicit_recommend,
                explain=implicit_explain)

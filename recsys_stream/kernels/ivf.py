@@ -51,30 +51,37 @@ from .topk import heap_offer, quantize_into, topk_candidates, topk_masked
 # -- vectors and centroids ---------------------------------------------------------
 
 
+@njit(cache=True, nogil=True, inline="always")
+def augment_row(Q, b, j, M, x):
+    """``x = [Q[j], b[j], a_j]`` (see the module docstring); returns 1 if row j's norm is
+    above ``M`` (its ``a_j`` is 0: still indexed, less well), else 0."""
+    dim = Q.shape[1]
+    nn = 0.0
+    for f in range(dim):
+        v = Q[j, f]
+        x[f] = v
+        nn += np.float64(v) * v
+    bj = b[j]
+    x[dim] = bj
+    nn += bj * bj
+    a = 0.0
+    over = 0
+    if M > 0.0:
+        r = M * M - nn
+        if r > 0.0:
+            a = math.sqrt(r)
+        else:
+            over = 1
+    x[dim + 1] = a
+    return over
+
+
 @njit(cache=True, nogil=True)
 def augment(Q, b, rows, M, X):
-    """``X[t] = [Q[j], b[j], a_j]`` for ``j = rows[t]`` (see the module docstring); returns
-    how many rows had a norm above ``M`` (their ``a_j`` is 0: still indexed, less well)."""
-    dim = Q.shape[1]
+    """``X[t] = augment_row`` of ``rows[t]``; returns how many rows had a norm above ``M``."""
     over = 0
     for t in range(rows.shape[0]):
-        j = rows[t]
-        nn = 0.0
-        for f in range(dim):
-            v = Q[j, f]
-            X[t, f] = v
-            nn += np.float64(v) * v
-        bj = b[j]
-        X[t, dim] = bj
-        nn += bj * bj
-        a = 0.0
-        if M > 0.0:
-            r = M * M - nn
-            if r > 0.0:
-                a = math.sqrt(r)
-            else:
-                over += 1
-        X[t, dim + 1] = a
+        over += augment_row(Q, b, rows[t], M, X[t])
     return over
 
 
@@ -222,9 +229,10 @@ def _take_out(j, lstart, llen, slot_row, slot_q, slot_scale, slot_bias, row_list
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _room(l, lstart, llen, lcap, used, slot_row, slot_q, slot_scale, slot_bias, row_slot):
+def _room(l, lstart, llen, lcap, used, slot_row, slot_q, slot_scale, slot_bias, row_slot, stats):
     """Make room for one more slot in list l: a full list moves to the arena's end with
-    twice the capacity. False if the arena has no room for that (nothing changed)."""
+    twice the capacity (``stats[5]``: the largest capacity). False if the arena has no
+    room for that (nothing changed)."""
     if llen[l] < lcap[l]:
         return True
     cap = max(2 * lcap[l], 8)
@@ -240,6 +248,8 @@ def _room(l, lstart, llen, lcap, used, slot_row, slot_q, slot_scale, slot_bias, 
     lstart[l] = dst
     lcap[l] = cap
     used[0] = dst + cap
+    if cap > stats[5]:
+        stats[5] = cap
     return True
 
 
@@ -276,6 +286,39 @@ def repack(lstart, llen, lcap, newcap, slot_row, slot_q, slot_scale, slot_bias, 
 
 
 @njit(cache=True, nogil=True)
+def ivf_update_row(j, Q, b, M, centT, cn, lstart, llen, lcap, used, slot_row, slot_q, slot_scale, slot_bias,
+                   row_list, row_slot, quant, check_every, stats, x, acc):
+    """Bring row ``j`` up to date with ``Q``/``b`` (``ivf_update``; ``x``/``acc`` work arrays
+    of ``D`` and ``nlist`` floats); False, with nothing changed, when the row must move to
+    a list that has to grow and the arena has no room for it."""
+    over = augment_row(Q, b, j, M, x)
+    cur = row_list[j]
+    best = cur
+    checked = cur < 0 or (check_every > 0 and stats[0] % check_every == 0)
+    if checked:
+        best = nearest_centroid(x, centT, cn, acc)
+    if best != cur:
+        if not _room(best, lstart, llen, lcap, used, slot_row, slot_q, slot_scale, slot_bias, row_slot, stats):
+            return False
+        if cur >= 0:
+            _take_out(j, lstart, llen, slot_row, slot_q, slot_scale, slot_bias, row_list, row_slot)
+            stats[1] += 1
+        else:
+            stats[2] += 1
+        s = lstart[best] + llen[best]
+        llen[best] += 1
+        slot_row[s] = j
+        row_list[j] = best
+        row_slot[j] = s
+    _put(Q, b, j, row_slot[j], slot_q, slot_scale, slot_bias, quant)
+    stats[0] += 1
+    stats[3] += over
+    if checked and cur >= 0:
+        stats[4] += 1
+    return True
+
+
+@njit(cache=True, nogil=True)
 def ivf_update(rows, start, Q, b, M, centT, cn, lstart, llen, lcap, used, slot_row, slot_q, slot_scale, slot_bias,
                row_list, row_slot, quant, check_every, stats):
     """Bring ``rows[start:]`` up to date with ``Q``/``b``: each is re-copied into its slot;
@@ -284,38 +327,14 @@ def ivf_update(rows, start, Q, b, M, centT, cn, lstart, llen, lcap, used, slot_r
     not indexed yet. Returns where it stopped: ``len(rows)``, or the position of a row to
     be moved when the arena has no room for its new list to grow (grow the arena,
     ``repack``, call again from there; nothing of that row was changed). ``stats`` counts
-    [rows, moves, adds, rows with a norm above M, rows compared with every centroid]."""
-    D = centT.shape[0]
-    x = np.empty((1, D), dtype=np.float32)
-    one = np.empty(1, dtype=np.int64)
+    [rows, moves, adds, rows with a norm above M, rows compared with every centroid, the
+    largest list capacity]."""
+    x = np.empty(centT.shape[0], dtype=np.float32)
     acc = np.empty(centT.shape[1], dtype=np.float32)
     for t in range(start, rows.shape[0]):
-        j = rows[t]
-        one[0] = j
-        over = augment(Q, b, one, M, x)
-        cur = row_list[j]
-        best = cur
-        checked = cur < 0 or (check_every > 0 and stats[0] % check_every == 0)
-        if checked:
-            best = nearest_centroid(x[0], centT, cn, acc)
-        if best != cur:
-            if not _room(best, lstart, llen, lcap, used, slot_row, slot_q, slot_scale, slot_bias, row_slot):
-                return t
-            if cur >= 0:
-                _take_out(j, lstart, llen, slot_row, slot_q, slot_scale, slot_bias, row_list, row_slot)
-                stats[1] += 1
-            else:
-                stats[2] += 1
-            s = lstart[best] + llen[best]
-            llen[best] += 1
-            slot_row[s] = j
-            row_list[j] = best
-            row_slot[j] = s
-        _put(Q, b, j, row_slot[j], slot_q, slot_scale, slot_bias, quant)
-        stats[0] += 1
-        stats[3] += over
-        if checked and cur >= 0:
-            stats[4] += 1
+        if not ivf_update_row(rows[t], Q, b, M, centT, cn, lstart, llen, lcap, used, slot_row, slot_q, slot_scale,
+                              slot_bias, row_list, row_slot, quant, check_every, stats, x, acc):
+            return t
     return rows.shape[0]
 
 

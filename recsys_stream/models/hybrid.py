@@ -14,7 +14,8 @@ from ..kernels.implicit import ImplicitHP
 from ..kernels.itemknn import ItemKNNHP
 from ..state import GLOBAL, ArraySpec
 from .base import Model, Params, pack
-from .implicit import ImplicitParams, implicit_item_specs, implicit_state, implicit_user_specs
+from .implicit import (FactorRetrieval, ImplicitParams, check_ann, implicit_item_specs, implicit_state,
+                       implicit_user_specs)
 from .itemknn import ItemKNNParams, derive_inv, itemknn_item_specs, itemknn_pools, itemknn_state, reserve_pool
 from .ftrl import FTRLParams
 
@@ -37,13 +38,22 @@ class HybridParams(Params):
     beta: float = 1.0
     l1: float = 0.0
     l2: float = 1.0
+    ann: str = "auto"  # the factor source's retrieval index (``ImplicitParams``)
+    ann_min_items: int = 20_000
+    ann_recall: float = 0.99
 
     POSITIVE = ("dim", "lr", "window", "recent", "neighbors", "alpha")
     NON_NEGATIVE = ("dense_items", "reg", "negatives", "candidates", "factor_candidates", "pop_candidates", "rerank_negatives",
-                    "beta", "l1", "l2")
+                    "beta", "l1", "l2", "ann_min_items")
+    UNIT = ("ann_recall",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ann(self.ann)
 
     def implicit(self) -> ImplicitParams:
-        return ImplicitParams(dim=self.dim, lr=self.lr, reg=self.reg, negatives=self.negatives)
+        return ImplicitParams(dim=self.dim, lr=self.lr, reg=self.reg, negatives=self.negatives, ann=self.ann,
+                              ann_min_items=self.ann_min_items, ann_recall=self.ann_recall)
 
     def itemknn(self) -> ItemKNNParams:
         return ItemKNNParams(window=self.window, recent=self.recent, neighbors=self.neighbors,
@@ -53,7 +63,7 @@ class HybridParams(Params):
         return FTRLParams(alpha=self.alpha, beta=self.beta, l1=self.l1, l2=self.l2)
 
 
-class HybridModel(Model):
+class HybridModel(FactorRetrieval, Model):
     name = "hybrid"
     params_type = HybridParams
     reason_sources = True
@@ -70,11 +80,15 @@ class HybridModel(Model):
     def item_pools(self):
         return itemknn_pools("knn", self.params.itemknn())
 
+    def factor_params(self):
+        return self.params.implicit()
+
     def reserve(self, users, items, n_events: int) -> None:
         reserve_pool(items, "knn", self.params.itemknn(), n_events)
 
     def derive(self, items, rows) -> None:
         derive_inv(items, "knn", self.params.itemknn().beta, rows)
+        self.derive_index(items, rows)
 
     def log_entries(self, n_events: int) -> int:
         return 2 * self.params.window * n_events
@@ -85,7 +99,7 @@ class HybridModel(Model):
         n_cand = max(p.candidates, p.factor_candidates, p.pop_candidates, 1)
         i = items.arrays
         return K.HybridK(
-            implicit_state("imp", users, items, pack(ImplicitHP, p.implicit())),
+            implicit_state("imp", users, items, pack(ImplicitHP, p.implicit()), self.index_state(users, items)),
             itemknn_state("knn", items, pack(ItemKNNHP, p.itemknn()), k),
             i["rr.z"], i["rr.n"], pack(FTRLHP, p.reranker()), pack(K.HybridHP, p),
             scratch.array("hybrid.rank_mf", cap, np.int32, -1), scratch.array("hybrid.rank_knn", cap, np.int32, -1),
