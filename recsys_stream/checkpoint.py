@@ -73,6 +73,17 @@ def layouts(users: UserState, items: ItemState) -> dict:
     return {"user": codec.layout(users.arrays), "item": codec.layout(items.arrays, items.pools)}
 
 
+# retrieval settings (``ann.FactorIndex``): they choose how lists are searched, not what is
+# stored, so a checkpoint restores under other values of them
+RETRIEVAL_PARAMS = ("ann", "ann_min_items", "ann_recall")
+
+
+def _comparable(key: str, value):
+    if key == "params" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in RETRIEVAL_PARAMS}
+    return value
+
+
 class Checkpointer:
     """Writes a shard's generations and restores them (see module docstring)."""
 
@@ -103,7 +114,7 @@ class Checkpointer:
     def check_meta(self, meta: dict, gen: int) -> None:
         mine = self.meta()
         for key in SETTINGS_KEYS:
-            if meta.get(key) != mine[key]:
+            if _comparable(key, meta.get(key)) != _comparable(key, mine[key]):
                 raise SettingsMismatch(
                     f"shard {self.index}: generation {gen} was written with {key}={meta.get(key)!r}, "
                     f"but this job runs {key}={mine[key]!r}; restoring it would give wrong state. Run with the "
