@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from recsys_stream.ann import FactorIndex
-from recsys_stream.checkpoint import Checkpointer, digest
+from test_contract import (assert_batch_size_invariant, checkpointed_flow, committed_digest, lists_of,
+                           stored_digest)
 from recsys_stream.generate import GeneratorSettings, generate
 from recsys_stream.kernels.topk import quantize_into, score_factors
 from recsys_stream.models import MODELS
 from recsys_stream.shard import Shard, ShardSettings
-from recsys_stream.storage import Store
 
 K = 10
 FACTOR_MODELS = ["implicit", "hybrid"]
@@ -57,19 +57,6 @@ def index_of(sh: Shard) -> FactorIndex:
     fi = sh.items.derived.get("ann.imp")
     assert fi is not None and fi.ix is not None, "the index was never built"
     return fi
-
-
-def stored_digest(sh: Shard, path) -> str:
-    st = Store(str(path), map_size=1 << 28)
-    try:
-        gen = Checkpointer(sh, st).snapshot(sh.filter.snapshot())
-        return digest(st, {0: gen})[0]
-    finally:
-        st.close()
-
-
-def same(x, y) -> bool:
-    return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
 
 
 @pytest.mark.parametrize("model", FACTOR_MODELS)
@@ -131,13 +118,7 @@ def test_lists_from_the_index_are_exact_in_their_scores_and_close_to_the_exact_t
 
 @pytest.mark.parametrize("model", FACTOR_MODELS)
 def test_batch_size_invariance_with_the_index(model, stream, tmp_path):
-    a, pa, qa, la = run(model, stream, len(stream))
-    da = stored_digest(a, tmp_path / "a")
-    for step in (1, 97):
-        b, pb, qb, lb = run(model, stream, step)
-        assert same(pa, pb) and same(qa, qb), step
-        assert la == lb, step
-        assert stored_digest(b, tmp_path / f"b{step}") == da, step
+    assert_batch_size_invariant(lambda step: run(model, stream, step), len(stream), tmp_path)
 
 
 @pytest.mark.parametrize("model", FACTOR_MODELS)
@@ -154,8 +135,6 @@ def test_a_resume_rebuilds_the_index_and_implicit_continues_as_the_uninterrupted
     """Through the checkpointed dataflow: stopped after 1,300 events, resumed with the rest.
     The resumed index is built anew from the restored rows, so lists after the resume may
     differ in their candidates; what implicit learns may not, nor what was emitted before."""
-    from test_contract import checkpointed_flow, committed_digest, lists_of
-
     params = MODELS["implicit"].params_type().replace(ann="on")
     whole = checkpointed_flow(tmp_path / "whole", "implicit", stream, params=params)
     first = checkpointed_flow(tmp_path / "split", "implicit", stream.slice(0, 1_300), params=params)

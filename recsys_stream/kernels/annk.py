@@ -24,7 +24,7 @@ from numba import njit
 
 from .core import user_topk
 from .history import mark_history
-from .ivf import exact_score, ivf_search, ivf_update_row
+from .ivf import ivf_search, ivf_update_row
 from .layout import bind_constructor, define
 from .topk import score_factors
 
@@ -90,9 +90,3 @@ def factor_topk(a, p, Q, b, us, it, sc, u, k, out_idx, out_sc):
                    a.slot_scale, a.slot_bias, a.nprobe, a.cand if a.cand > k else k, k, out_idx, out_sc)
     mark_history(us.hoff, us.hlen, us.hpool, u, sc.excl, 0)
     return c
-
-
-@njit(cache=True, inline="always")
-def factor_score(p, Q, b, j):
-    """One item's exact score, as ``factor_topk`` returns it from the index."""
-    return exact_score(p, Q, b, j)

@@ -35,7 +35,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from .annk import ann_ready, factor_score, factor_topk
+from .annk import ann_ready, factor_topk
 from .common import rng_below_at, sigmoid
 from .driver import register_steps
 from .explain import (SRC_FACTORS, SRC_KNN, SRC_POPULAR, WHY_SIMILAR, factor_because, knn_recent,
@@ -43,6 +43,7 @@ from .explain import (SRC_FACTORS, SRC_KNN, SRC_POPULAR, WHY_SIMILAR, factor_bec
 from .ftrl import ftrl_predict, ftrl_update, ftrl_weight
 from .core import user_pop_topk, user_topk
 from .implicit import implicit_learn
+from .ivf import exact_score
 from .itemknn import (candidate_score, dense_scores, is_dense, itemknn_gather, itemknn_learn, itemknn_release,
                       itemknn_select, pop_top)
 from .layout import DIVERGED, LEARN, NEED_ROOM, OK, RANK, bind_constructor, define
@@ -149,7 +150,7 @@ def _candidates(m, us, it, sc, u):
         p = imp.P[u]
         for t in range(n):
             j = cand[t]
-            s_mf[j] = factor_score(p, imp.Q, imp.b, j)
+            s_mf[j] = exact_score(p, imp.Q, imp.b, j)  # as the index returns it
     m.tmp[0] = n
     m.tmp[1] = knn_max
     m.tmp[2] = pop_max
