@@ -32,8 +32,8 @@ import math
 
 import numpy as np
 
-from .kernels.ivf import (assign_all, augment, centroid_norms, fill_lists, ivf_remove, ivf_search, ivf_update,
-                          kmeans, repack)
+from .kernels.ivf import (augment, centroid_norms, fill_lists, ivf_remove, ivf_search, ivf_update, lloyd_update,
+                          repack)
 from .kernels.topk import score_factors, topk_masked
 
 METRICS = ("aug", "ip")
@@ -43,6 +43,39 @@ STORAGE = {"int8": np.int8, "float32": np.float32}
 def default_nlist(n: int) -> int:
     """About ``2 sqrt(n)`` lists (1 for tiny catalogs)."""
     return max(1, min(n, int(round(2.0 * math.sqrt(max(n, 1))))))
+
+
+CHUNK_ROWS = 2048  # rows scored against every centroid at once (the scores stay in cache)
+
+
+def nearest_centroids(X: np.ndarray, centT: np.ndarray, cn: np.ndarray, out: np.ndarray) -> None:
+    """``out[i]`` = the centroid nearest to ``X[i]`` (``argmax X[i] . c - cn[c]``, ``cn = |c|^2
+    / 2``, ties to the lower centroid, as ``kernels.ivf.nearest_centroid``), by matrix
+    products in chunks of rows (BLAS, outside the GIL: a build's main cost)."""
+    for s in range(0, len(X), CHUNK_ROWS):
+        sc = X[s : s + CHUNK_ROWS] @ centT
+        sc -= cn
+        out[s : s + CHUNK_ROWS] = sc.argmax(axis=1)
+
+
+def kmeans(X: np.ndarray, cent: np.ndarray, iters: int, seed: int) -> np.ndarray:
+    """Lloyd's iterations on the rows of ``X`` from the initial centroids ``cent`` (updated
+    in place), stopping early when no row changes centroid; an emptied centroid restarts
+    at a row drawn at random (``seed``). Returns the last assignment."""
+    m = len(X)
+    assign = np.full(m, -1, dtype=np.int64)
+    new = np.empty(m, dtype=np.int64)
+    cn = np.empty(cent.shape[0], dtype=np.float32)
+    state = np.uint64((int(seed) * 0x9E3779B97F4A7C15 + 1) % (1 << 64))
+    for _ in range(iters):
+        centroid_norms(cent, cn)
+        nearest_centroids(X, np.ascontiguousarray(cent.T), cn, new)
+        changed = int(np.count_nonzero(new != assign))
+        assign[:] = new
+        state = np.uint64(lloyd_update(X, assign, cent, state))  # numba hands back a Python int
+        if changed == 0:
+            break
+    return assign
 
 
 class IVFIndex:
@@ -177,11 +210,11 @@ class IVFIndex:
         sample = X[np.sort(rng.choice(m, ns, replace=False))] if ns < m else X
         if m:
             self.cent[:] = sample[rng.choice(len(sample), nlist, replace=False)]
-            kmeans(sample, self.cent, self.iters, self.seed, np.empty(len(sample), dtype=np.int64))
+            kmeans(sample, self.cent, self.iters, self.seed)
         self.centT[:] = self.cent.T
         centroid_norms(self.cent, self.cn)
         assign = np.empty(m, dtype=np.int64)
-        assign_all(X, self.centT, self.cn, assign)
+        nearest_centroids(X, self.centT, self.cn, assign)
         del X
         lens = np.bincount(assign, minlength=nlist).astype(np.int64)
         self.lcap[:] = self._caps(lens)

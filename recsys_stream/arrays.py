@@ -113,11 +113,15 @@ class IdMap:
     def get(self, ext: str) -> int:
         return self.index.get(ext, -1)
 
+    def lookup(self, ids) -> np.ndarray:
+        """Rows of ``ids``, -1 for an id without one."""
+        return np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
         """Rows of ``ids``, creating rows for new ids in order; returns (rows, first new row)."""
         first_new = len(self.ids)
         self.new_rows = []
-        out = np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+        out = self.lookup(ids)
         missing = np.flatnonzero(out < 0)
         if len(missing):
             index = self.index

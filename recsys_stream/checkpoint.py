@@ -272,12 +272,11 @@ def load_items(items: ItemState, recs: list) -> None:
     then the values (neighbour keys resolve to rows), then the derived order."""
     if not items.index.place([(ext, codec.item_row_of(p)) for ext, p in recs]):
         pass  # rows as they come: the ids were written by several processes, or the index is in use
+    rows = items.index.restore_rows([ext for ext, _p in recs])
     items.sync()
-    rows = [items.add(ext) for ext, _p in recs]
-    for (_ext, payload), row in zip(recs, rows):
-        codec.decode_item_into(items, row, payload)
-    if rows:
-        items.extend(max(rows))
+    codec.decode_items_into(items, rows, [p for _e, p in recs])
+    if len(rows):
+        items.extend(int(rows.max()))
     items.resort()
 
 

@@ -127,24 +127,54 @@ def encode_items(items: ItemState, rows: np.ndarray) -> list[bytes]:
     return out
 
 
-def decode_item_into(items: ItemState, row: int, payload: bytes) -> None:
-    """Copy an item record's values into ``row`` (which must exist; neighbours must be in
-    the index already: load every item's id before any item's values)."""
+def decode_items_into(items: ItemState, rows: np.ndarray, payloads: list) -> None:
+    """Copy item records' values into ``rows`` (which must exist, one record each; the
+    neighbours must be in the index already: load every item's id before any item's
+    values). The work is in arrays: the records are joined into one buffer and each
+    stored array's column is cut out of it at once."""
+    n = len(payloads)
+    if n == 0:
+        return
+    rows = np.asarray(rows, dtype=np.int64)
     a = items.arrays
+    specs = a.stored(ROW)
+    sizes = [row_size(s) for s in specs]
+    width = 4 + sum(sizes)
+    lens = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
+    if int(lens.min()) < width:
+        t = int(np.argmin(lens))
+        raise ValueError(f"item record {t}: {int(lens[t])} bytes, the layout's fixed part needs {width}")
+    buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    starts = np.cumsum(lens) - lens
+    if not items.pools and int(lens.max()) == width:
+        fixed = buf.reshape(n, width)
+    else:
+        fixed = buf[starts[:, None] + np.arange(width)]
     off = 4
-    for s in a.stored(ROW):
-        size = row_size(s)
-        a[s.name][row] = np.frombuffer(payload[off : off + size], dtype=s.dtype).reshape(s.tail)
+    for s, size in zip(specs, sizes):
+        col = np.ascontiguousarray(fixed[:, off : off + size]).view(s.dtype)
+        a[s.name][rows] = col.reshape((n,) + tuple(s.tail))
         off += size
+    pos = starts + width
+    rec = None
     for name in sorted(items.pools):
-        (m,) = U32.unpack_from(payload, off)
-        off += 4
-        keys = np.frombuffer(payload[off : off + 8 * m], dtype=np.uint64)
-        cs = np.frombuffer(payload[off + 8 * m : off + 12 * m], dtype=np.float32)
-        off += 12 * m
+        m = np.ascontiguousarray(buf[pos[:, None] + np.arange(4)]).view(">u4").ravel().astype(np.int64)
+        pos = pos + 4
+        if np.any(pos + 12 * m > starts + lens):
+            t = int(np.flatnonzero(pos + 12 * m > starts + lens)[0])
+            raise ValueError(f"item record {t}: neighbour pool {name!r} runs past the record's end")
+        total = int(m.sum())
+        rec = np.repeat(np.arange(n), m)
+        e = np.arange(total) - np.repeat(np.cumsum(m) - m, m)  # each entry's place in its row
+        kpos = (pos[rec] + 8 * e)[:, None] + np.arange(8)
+        cpos = (pos[rec] + 8 * m[rec] + 4 * e)[:, None] + np.arange(4)
+        keys = np.ascontiguousarray(buf[kpos]).view(np.uint64).ravel()
+        cs = np.ascontiguousarray(buf[cpos]).view(np.float32).ravel()
+        pos = pos + 12 * m
         js = items.index.rows_of_keys(keys)
         ok = js >= 0
-        items.pools[name].set_row(a, len(items), row, js[ok].astype(np.int32), cs[ok])
+        items.pools[name].set_rows(a, len(items), rows, np.bincount(rec[ok], minlength=n), js[ok].astype(np.int32),
+                                   cs[ok])
 
 
 def item_row_of(payload: bytes) -> int:

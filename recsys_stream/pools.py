@@ -8,7 +8,7 @@ import numpy as np
 
 from .arrays import ROW, ArraySpec, StateArrays
 from .kernels.history import history_compact, history_move, history_relocations
-from .kernels.neighbors import FIRST_CAP, nb_compact, nb_heapify
+from .kernels.neighbors import FIRST_CAP, nb_compact, nb_heapify, nb_heapify_rows
 from .kernels.pairset import pairset_grow, pairset_new
 
 
@@ -157,6 +157,37 @@ class NeighborPool:
         starts = np.repeat(off - np.cumsum(nn) + nn, nn)  # each entry's row offset, minus entries before it
         idx = starts + np.arange(total)
         return nn, self.pj[idx], self.pc[idx]
+
+    def set_rows(self, arrays: StateArrays, n_rows: int, rows: np.ndarray, m: np.ndarray, js: np.ndarray,
+                 cs: np.ndarray) -> None:
+        """``set_row`` of many distinct rows at once: row ``rows[t]`` gets the next ``m[t]``
+        entries of ``(js, cs)``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        m = np.asarray(m, dtype=np.int64)
+        if self.is_dense:
+            ends = np.cumsum(m)
+            for t, i in enumerate(rows.tolist()):
+                self.set_row(arrays, n_rows, i, js[ends[t] - m[t] : ends[t]], cs[ends[t] - m[t] : ends[t]])
+            return
+        off, n, cap = arrays[f"{self.name}.off"], arrays[f"{self.name}.nn"], arrays[f"{self.name}.cap"]
+        grow = np.flatnonzero(m > cap[rows])
+        if len(grow):
+            mg = m[grow]
+            c = np.full(len(grow), FIRST_CAP, dtype=np.int64)
+            while np.any(c < mg):
+                c = np.where(c < mg, 2 * c, c)
+            c = np.minimum(np.maximum(c, mg), np.maximum(self.cap_max, mg))
+            total = int(c.sum())
+            self.reserve(arrays, n_rows, total)
+            o = int(self.used[0])
+            off[rows[grow]] = o + np.cumsum(c) - c
+            cap[rows[grow]] = c
+            self.used[0] = o + total
+        idx = np.repeat(off[rows] - (np.cumsum(m) - m), m) + np.arange(int(m.sum()))
+        self.pj[idx] = js
+        self.pc[idx] = cs
+        n[rows] = m
+        nb_heapify_rows(off, n, self.pj, self.pc, rows)
 
     def set_row(self, arrays: StateArrays, n_rows: int, i: int, js: np.ndarray, cs: np.ndarray) -> None:
         """Make row i exactly ``(js, cs)`` (a restore)."""

@@ -181,6 +181,16 @@ class ItemIndex:
             self._grow(first)
         return row
 
+    def restore_rows(self, exts: list[str]) -> np.ndarray:
+        """Rows of restored ids, adding the ones the index does not hold (as ``add``)."""
+        with self.lock:
+            first = len(self.ids)
+            out = self.ids.lookup(exts)
+            for t in np.flatnonzero(out < 0).tolist():
+                out[t] = self.ids.add(exts[t])
+            self._grow(first)
+        return out
+
     def place(self, pairs: list[tuple[str, int]]) -> bool:
         """Give ids the rows they had when written (a restore of one process's state, so
         row-dependent choices replay exactly); False, placing nothing, when that is not

@@ -79,19 +79,25 @@ def encode(payload: bytes) -> bytes:
     return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
 
 
-def decode(value: bytes, where: str) -> bytes:
+def decode(value: bytes, where) -> bytes:
+    """The payload of a stored record, checked (format, length, checksum); ``where`` (a
+    string, or a function giving it: built only for an error) names the record."""
     if len(value) < _HDR.size + _CRC.size:
-        raise CheckpointError(f"{where}: record truncated ({len(value)} bytes)")
+        raise CheckpointError(f"{_where(where)}: record truncated ({len(value)} bytes)")
     fmt, n = _HDR.unpack_from(value)
     if fmt != FORMAT:
-        raise CheckpointError(f"{where}: written in checkpoint format {fmt}; this build reads format {FORMAT}")
+        raise CheckpointError(f"{_where(where)}: written in checkpoint format {fmt}; this build reads format {FORMAT}")
     if len(value) != _HDR.size + n + _CRC.size:
-        raise CheckpointError(f"{where}: record truncated (header says {n} payload bytes, {len(value)} in all)")
+        raise CheckpointError(f"{_where(where)}: record truncated (header says {n} payload bytes, {len(value)} in all)")
     payload = value[_HDR.size : _HDR.size + n]
     (crc,) = _CRC.unpack_from(value, _HDR.size + n)
     if crc != zlib.crc32(payload, zlib.crc32(value[: _HDR.size])):
-        raise CheckpointError(f"{where}: checksum mismatch (the record is corrupt)")
+        raise CheckpointError(f"{_where(where)}: checksum mismatch (the record is corrupt)")
     return payload
+
+
+def _where(where) -> str:
+    return where() if callable(where) else where
 
 
 def crc_of(value: bytes) -> int:
@@ -148,16 +154,16 @@ def wrap(entity: bytes, payload: bytes) -> bytes:
     return payload
 
 
-def unwrap(key: bytes, payload: bytes, where: str) -> tuple[bytes, bytes]:
+def unwrap(key: bytes, payload: bytes, where) -> tuple[bytes, bytes]:
     """(entity, payload) of a record read at ``key`` (its decoded payload)."""
     if not key_is_long(key):
         return split_key(key)[2], payload
     if len(payload) < _LEN.size:
-        raise CheckpointError(f"{where}: record of a long entity truncated")
+        raise CheckpointError(f"{_where(where)}: record of a long entity truncated")
     (n,) = _LEN.unpack_from(payload)
     entity = payload[_LEN.size : _LEN.size + n]
     if len(entity) != n or blake2b(entity, digest_size=_DIGEST).digest() != split_key(key)[2]:
-        raise CheckpointError(f"{where}: the entity in the record does not match its key's digest (corrupt)")
+        raise CheckpointError(f"{_where(where)}: the entity in the record does not match its key's digest (corrupt)")
     return entity, payload[_LEN.size + n :]
 
 
@@ -313,7 +319,9 @@ class Store:
         _prefix, g, key, value = best
         if not verify:
             return _raw_entity(key, value), g, value
-        where = f"{part_name(shard)} {table.decode()} {split_key(key)[2][:60]!r} generation {g}"
+        def where():
+            return f"{part_name(shard)} {table.decode()} {split_key(key)[2][:60]!r} generation {g}"
+
         entity, payload = unwrap(key, decode(value, where), where)
         return entity, g, payload
 
@@ -330,13 +338,17 @@ class Store:
         x = 0
         with self.kv.begin() as txn:
             keys = self._index(txn, shard, gen)
+            def where(key):
+                _s, table, entity, g = split_key(key)
+                return f"{part_name(shard)} {table.decode()} {entity!r} generation {g}"
+
             for key in keys:
                 value = txn.get(key)
-                _s, table, entity, g = split_key(key)
                 if value is None:
+                    _s, table, entity, _g = split_key(key)
                     raise CheckpointError(f"{part_name(shard)}: generation {gen} lost its record {table.decode()} "
                                           f"{entity!r}")
-                decode(value, f"{part_name(shard)} {table.decode()} {entity!r} generation {g}")
+                decode(value, lambda: where(key))  # noqa: B023 (called at once, on an error)
                 n += 1
                 x ^= crc_of(value)
         if n != m.records or x != m.crc_xor:

@@ -10,7 +10,7 @@ nearest neighbour (the reduction of Bachrach et al. 2014). With ``M == 0``
 (``metric="ip"``) ``a_j = 0``: lists are still cut by Euclidean k-means, and probed by
 ``y . c``.
 
-Lists. ``nlist`` centroids (k-means on a sample, ``kmeans``) cut the catalog; row j
+Lists. ``nlist`` centroids (k-means on a sample, ``ann.kmeans``) cut the catalog; row j
 lives in the list of its nearest centroid (``argmax x . c - |c|^2 / 2``). A list is a run
 of slots ``lstart[l] .. lstart[l] + llen[l] - 1`` (capacity ``lcap[l]``) in one arena; a
 slot holds the row (``slot_row``), a copy of ``Q[j]`` (``slot_q``: int8 with a per-slot
@@ -116,14 +116,6 @@ def nearest_centroid(x, centT, cn, acc):
 
 
 @njit(cache=True, nogil=True)
-def assign_all(X, centT, cn, out):
-    """``out[i]`` = the centroid nearest to ``X[i]``, for every row of ``X``."""
-    acc = np.empty(centT.shape[1], dtype=np.float32)
-    for i in range(X.shape[0]):
-        out[i] = nearest_centroid(X[i], centT, cn, acc)
-
-
-@njit(cache=True, nogil=True)
 def centroid_norms(cent, cn):
     for c in range(cent.shape[0]):
         s = 0.0
@@ -133,52 +125,29 @@ def centroid_norms(cent, cn):
 
 
 @njit(cache=True, nogil=True)
-def kmeans(X, cent, iters, seed, assign):
-    """Lloyd's iterations on the rows of ``X`` from the initial centroids ``cent`` (updated
-    in place); ``assign`` gets the last assignment. An emptied centroid restarts at a row
-    drawn at random (``seed``). Returns the last iteration's number of rows that changed
-    centroid."""
+def lloyd_update(X, assign, cent, state):
+    """The centroid step of Lloyd's k-means: every centroid to the mean of the rows of
+    ``X`` assigned to it (``assign``); an emptied centroid restarts at a row drawn at
+    random from the generator ``state`` (an LCG, uint64). Returns the new state."""
     m, D = X.shape
     nlist = cent.shape[0]
-    centT = np.empty((D, nlist), dtype=np.float32)
-    cn = np.empty(nlist, dtype=np.float32)
-    acc = np.empty(nlist, dtype=np.float32)
     sums = np.zeros((nlist, D), dtype=np.float64)
     cnt = np.zeros(nlist, dtype=np.int64)
     for i in range(m):
-        assign[i] = -1
-    state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1)
-    changed = m
-    for _ in range(iters):
-        for c in range(nlist):
+        c = assign[i]
+        cnt[c] += 1
+        for f in range(D):
+            sums[c, f] += X[i, f]
+    for c in range(nlist):
+        if cnt[c] > 0:
             for f in range(D):
-                centT[f, c] = cent[c, f]
-        centroid_norms(cent, cn)
-        changed = 0
-        for i in range(m):
-            c = nearest_centroid(X[i], centT, cn, acc)
-            if c != assign[i]:
-                changed += 1
-                assign[i] = c
-        sums[:, :] = 0.0
-        cnt[:] = 0
-        for i in range(m):
-            c = assign[i]
-            cnt[c] += 1
+                cent[c, f] = sums[c, f] / cnt[c]
+        else:
+            state = state * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+            i = np.int64((state >> np.uint64(33)) % np.uint64(m))
             for f in range(D):
-                sums[c, f] += X[i, f]
-        for c in range(nlist):
-            if cnt[c] > 0:
-                for f in range(D):
-                    cent[c, f] = sums[c, f] / cnt[c]
-            else:
-                state = state * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
-                i = np.int64((state >> np.uint64(33)) % np.uint64(m))
-                for f in range(D):
-                    cent[c, f] = X[i, f]
-        if changed == 0:
-            break
-    return changed
+                cent[c, f] = X[i, f]
+    return state
 
 
 # -- slots ----------------------------------------------------------------------

@@ -122,6 +122,13 @@ def nb_heapify(off, n, pj, pc, i):
         _sift_down(pj, pc, base, n[i], pos)
 
 
+@njit(cache=True, nogil=True)
+def nb_heapify_rows(off, n, pj, pc, rows):
+    """``nb_heapify`` of every row in ``rows``."""
+    for t in range(rows.shape[0]):
+        nb_heapify(off, n, pj, pc, rows[t])
+
+
 @njit(cache=True, inline="always")
 def room_for(used, size, cap_max, rows):
     """Is there room in a pool of ``size`` for ``rows`` rows to grow once each?"""
