@@ -61,23 +61,23 @@ def build(users: int, dim: int, path: str) -> tuple[Shard, Store, float]:
         sh.process(b)
         log(f"  built {a + n:,}/{users:,} users")
     t0 = time.perf_counter()
-    sh.checkpointer.snapshot(sh.emission_state())
+    sh.checkpointer.snapshot(sh.filter.snapshot())
     return sh, st, time.perf_counter() - t0
 
 
 def write_costs(sh: Shard, changed: list[int], repeat: int) -> list[dict]:
     out = []
-    n = sh.users.live()
+    n = sh.users.ids.live()
     rng = np.random.default_rng(1)
     for k in changed:
         k = min(k, n)
         times = []
         for _ in range(repeat):
             rows = rng.choice(n, k, replace=False)
-            sh.arrays["mf.P"][rows] += 0.001  # a change to k users' factors
-            sh.arrays["dirty.u"][rows] = 1
+            sh.users.arrays["mf.P"][rows] += 0.001  # a change to k users' factors
+            sh.users.arrays["dirty"][rows] = 1
             t0 = time.perf_counter()
-            sh.checkpointer.snapshot(sh.emission_state())
+            sh.checkpointer.snapshot(sh.filter.snapshot())
             times.append(time.perf_counter() - t0)
         out.append({"rows_changed": k, "median_s": round(statistics.median(times), 4),
                     "per_row_us": round(1e6 * statistics.median(times) / max(k, 1), 2)})
@@ -90,14 +90,11 @@ def restore_costs(st: Store, dim: int, users: int) -> dict:
     sh.checkpointer = Checkpointer(sh, st)
     gen = st.head(0)
     t0 = time.perf_counter()
-    sh.restore_emission(sh.checkpointer.restore(gen))
+    sh.filter.restore(sh.checkpointer.restore(gen))
     lazy = time.perf_counter() - t0
     t0 = time.perf_counter()
-    n = 0
-    ck = sh.checkpointer
-    for entity, _g, payload in st.scan(0, USERS, gen):
-        ck.load_user(entity.decode(), payload)
-        n += 1
+    ids = [entity.decode() for entity, _g, _p in st.scan(0, USERS, gen, verify=False)]
+    n = len(sh.checkpointer.load_users(ids))
     eager = time.perf_counter() - t0
     assert n == users
     return {"users": users, "restore_s": round(lazy, 3), "reload_all_users_s": round(eager, 3),
@@ -105,8 +102,8 @@ def restore_costs(st: Store, dim: int, users: int) -> dict:
 
 
 def disk_per_user(st: Store, users: int) -> float:
-    info = st.env.info()
-    used = (info["last_pgno"] + 1) * st.env.stat()["psize"]
+    env = st.kv.env  # the LMDB environment (an LMDB store)
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
     return used / users
 
 

@@ -73,7 +73,7 @@ def layouts(users: UserState, items: ItemState) -> dict:
     return {"user": codec.layout(users.arrays), "item": codec.layout(items.arrays, items.pools)}
 
 
-# retrieval settings (``ann.FactorIndex``): they choose how lists are searched, not what is
+# retrieval settings (``factorindex.FactorIndex``): they choose how lists are searched, not what is
 # stored, so a checkpoint restores under other values of them
 RETRIEVAL_PARAMS = ("ann", "ann_min_items", "ann_recall")
 

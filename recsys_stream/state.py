@@ -260,7 +260,7 @@ class ItemState:
         self.plog_x = np.zeros(0, dtype=np.float64)
         self.plog_n = np.zeros(1, dtype=np.int64)
         # structures models derive from the rows and keep up to date themselves (a factor
-        # model's retrieval index, ``ann.FactorIndex``), by name; dropped when rows change
+        # model's retrieval index, ``factorindex.FactorIndex``), by name; dropped when rows change
         # in bulk (``resort``), rebuilt by their model when next needed
         self.derived: dict = {}
         self.sync()

@@ -1,4 +1,4 @@
-"""The factor models ranking with their retrieval index (``ann.FactorIndex``, issue #9).
+"""The factor models ranking with their retrieval index (``factorindex.FactorIndex``, issue #9).
 
 With ``ann=on`` the index is used from the first item (``auto``, the default, switches it
 on at 20,000 items; these streams are small). What must hold, checked here:
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_stream.ann import FactorIndex
+from recsys_stream.factorindex import FactorIndex
 from test_contract import (assert_batch_size_invariant, checkpointed_flow, committed_digest, lists_of,
                            stored_digest)
 from recsys_stream.generate import GeneratorSettings, generate

@@ -9,7 +9,7 @@ a read right after it gives). Before an event changes rows, ``ann_ready`` says w
 the index can take the changes; if not (the catalog reached ``want_at`` and a build is
 due, the index's health asks for one, or the arena may run out of room) the step
 returns ``NEED_ROOM`` before changing anything and the caller builds or grows the index
-(``ann.FactorIndex.grow``) and resumes the batch at that event.
+(``factorindex.FactorIndex.grow``) and resumes the batch at that event.
 
 ``AnnK`` fields: ``on`` (0: rank by the exact scan, ``topk.score_factors``), ``M``,
 ``nprobe``, ``cand`` (candidates re-scored exactly), ``quant``, ``check_every``,
@@ -53,7 +53,7 @@ def ann_room(per_event, lcap_max):
 @njit(cache=True, inline="always")
 def ann_ready(a, n_cat):
     """Whether the index can take the next event's changes as it is (see the module
-    docstring); the same test as ``ann.FactorIndex.ready``."""
+    docstring); the same test as ``factorindex.FactorIndex.ready``."""
     if a.want_at >= 0 and n_cat >= a.want_at:
         return False
     if not a.on:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ann import ANN_MODES, FactorIndex
+from ..factorindex import ANN_MODES, FactorIndex
 from ..kernels.implicit import ImplicitHP, ImplicitK
 from ..state import ROW, ArraySpec
 from .base import Model, Params, pack
@@ -23,7 +23,7 @@ class ImplicitParams(Params):
     negatives: int = 32  # sampled BPR negatives per event
     neg_tries: int = 4  # draws per negative before giving up (catalog nearly exhausted)
     quantized: bool = False
-    # retrieval (``ann.FactorIndex``): "auto" ranks with the index from ann_min_items
+    # retrieval (``factorindex.FactorIndex``): "auto" ranks with the index from ann_min_items
     # items on, "on" always, "off" never; the probe count is tuned for ann_recall
     ann: str = "auto"
     ann_min_items: int = 20_000
@@ -74,7 +74,7 @@ def implicit_state(prefix: str, users, items, hp: ImplicitHP, ann) -> ImplicitK:
 
 class FactorRetrieval:
     """What a model ranking by the factor rows "imp" adds to ``Model``: its retrieval index
-    (``ann.FactorIndex``), built and grown when its kernels ask. ``factor_params`` gives
+    (``factorindex.FactorIndex``), built and grown when its kernels ask. ``factor_params`` gives
     the params (``dim``, ``negatives``, ``ann*``)."""
 
     def factor_params(self):
