@@ -130,8 +130,9 @@ def encode_items(items: ItemState, rows: np.ndarray) -> list[bytes]:
 def decode_items_into(items: ItemState, rows: np.ndarray, payloads: list) -> None:
     """Copy item records' values into ``rows`` (which must exist, one record each; the
     neighbours must be in the index already: load every item's id before any item's
-    values). The work is in arrays: the records are joined into one buffer and each
-    stored array's column is cut out of it at once."""
+    values). The work is in arrays: the records' fixed parts are joined into one buffer
+    and each stored array's column is cut out of it at once; Python only slices each
+    record's neighbour lists out of it (bytes, no copy of a temporary per entry)."""
     n = len(payloads)
     if n == 0:
         return
@@ -144,35 +145,36 @@ def decode_items_into(items: ItemState, rows: np.ndarray, payloads: list) -> Non
     if int(lens.min()) < width:
         t = int(np.argmin(lens))
         raise ValueError(f"item record {t}: {int(lens[t])} bytes, the layout's fixed part needs {width}")
-    buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
-    starts = np.cumsum(lens) - lens
-    if not items.pools and int(lens.max()) == width:
-        fixed = buf.reshape(n, width)
+    if int(lens.max()) == width:
+        fixed = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(n, width)
     else:
-        fixed = buf[starts[:, None] + np.arange(width)]
+        fixed = np.frombuffer(b"".join([p[:width] for p in payloads]), dtype=np.uint8).reshape(n, width)
     off = 4
     for s, size in zip(specs, sizes):
         col = np.ascontiguousarray(fixed[:, off : off + size]).view(s.dtype)
         a[s.name][rows] = col.reshape((n,) + tuple(s.tail))
         off += size
-    pos = starts + width
-    rec = None
+    pos = [width] * n
+    unpack = U32.unpack_from
     for name in sorted(items.pools):
-        m = np.ascontiguousarray(buf[pos[:, None] + np.arange(4)]).view(">u4").ravel().astype(np.int64)
-        pos = pos + 4
-        if np.any(pos + 12 * m > starts + lens):
-            t = int(np.flatnonzero(pos + 12 * m > starts + lens)[0])
-            raise ValueError(f"item record {t}: neighbour pool {name!r} runs past the record's end")
-        total = int(m.sum())
-        rec = np.repeat(np.arange(n), m)
-        e = np.arange(total) - np.repeat(np.cumsum(m) - m, m)  # each entry's place in its row
-        kpos = (pos[rec] + 8 * e)[:, None] + np.arange(8)
-        cpos = (pos[rec] + 8 * m[rec] + 4 * e)[:, None] + np.arange(4)
-        keys = np.ascontiguousarray(buf[kpos]).view(np.uint64).ravel()
-        cs = np.ascontiguousarray(buf[cpos]).view(np.float32).ravel()
-        pos = pos + 12 * m
+        ms, kparts, cparts = [], [], []
+        for t, p in enumerate(payloads):
+            o = pos[t]
+            if o + 4 > len(p):
+                raise ValueError(f"item record {t}: neighbour pool {name!r} missing (record of {len(p)} bytes)")
+            (m,) = unpack(p, o)
+            if o + 4 + 12 * m > len(p):
+                raise ValueError(f"item record {t}: neighbour pool {name!r} runs past the record's end")
+            ms.append(m)
+            kparts.append(p[o + 4 : o + 4 + 8 * m])
+            cparts.append(p[o + 4 + 8 * m : o + 4 + 12 * m])
+            pos[t] = o + 4 + 12 * m
+        m = np.asarray(ms, dtype=np.int64)
+        keys = np.frombuffer(b"".join(kparts), dtype=np.uint64)
+        cs = np.frombuffer(b"".join(cparts), dtype=np.float32)
         js = items.index.rows_of_keys(keys)
         ok = js >= 0
+        rec = np.repeat(np.arange(n), m)
         items.pools[name].set_rows(a, len(items), rows, np.bincount(rec[ok], minlength=n), js[ok].astype(np.int32),
                                    cs[ok])
 
