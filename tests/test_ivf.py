@@ -282,3 +282,48 @@ def test_tiny_and_empty_catalogs():
         IVFIndex(DIM, metric="cosine")
     with pytest.raises(ValueError):
         IVFIndex(DIM + 1).build(Q, b, 5)
+
+
+def test_the_build_assigns_each_row_to_its_nearest_centroid_as_the_kernel_does():
+    """``ann.nearest_centroids`` (matrix products, in chunks) against the kernel's
+    ``nearest_centroid``, row by row, across a chunk boundary."""
+    from recsys_stream.ann import CHUNK_ROWS, nearest_centroids
+    from recsys_stream.kernels.ivf import centroid_norms, nearest_centroid
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(CHUNK_ROWS + 517, DIM + 2)).astype(np.float32)
+    cent = rng.normal(size=(37, DIM + 2)).astype(np.float32)
+    cn = np.empty(len(cent), dtype=np.float32)
+    centroid_norms(cent, cn)
+    centT = np.ascontiguousarray(cent.T)
+    got = np.empty(len(X), dtype=np.int64)
+    nearest_centroids(X, centT, cn, got)
+    acc = np.empty(len(cent), dtype=np.float32)
+    want = np.array([nearest_centroid(x, centT, cn, acc) for x in X])
+    assert np.array_equal(got, want)
+
+
+def test_kmeans_ends_with_each_centroid_the_mean_of_its_rows():
+    """Lloyd's iterations run to a fixed point: every row is in its nearest centroid's
+    cluster and every non-empty centroid is its cluster's mean; the objective never rises."""
+    from recsys_stream.ann import kmeans, nearest_centroids
+    from recsys_stream.kernels.ivf import centroid_norms
+
+    Q, b = clustered_factors(3000)
+    X = np.hstack([Q, b[:, None].astype(np.float32)])
+    rng = np.random.default_rng(0)
+    cent = X[rng.choice(len(X), 20, replace=False)].copy()
+
+    def cost(c):
+        return float((((X[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)).min(axis=1).sum())
+
+    before = cost(cent)
+    assign = kmeans(X, cent, 100, 7)
+    assert cost(cent) <= before
+    cn = np.empty(len(cent), dtype=np.float32)
+    centroid_norms(cent, cn)
+    again = np.empty(len(X), dtype=np.int64)
+    nearest_centroids(X, np.ascontiguousarray(cent.T), cn, again)
+    assert np.array_equal(again, assign)
+    for c in np.unique(assign):
+        np.testing.assert_allclose(cent[c], X[assign == c].mean(axis=0), rtol=1e-4, atol=1e-5)
