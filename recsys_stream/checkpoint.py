@@ -218,13 +218,14 @@ class Checkpointer:
                               "intact; start from an empty --checkpoint-dir") from None
 
     def _load(self, gen: int) -> dict:
+        """Load generation ``gen``, which ``verify_generation`` has just checked."""
         users, items = self.owner.users, self.owner.items
         idx = self.index
-        glob = [(entity.decode(), payload) for entity, _g, payload in self.store.scan(idx, GLOBALS, gen)]
+        glob = [(entity.decode(), payload) for entity, _g, payload in self.store.scan(idx, GLOBALS, gen, verified=gen)]
         codec.load_globals(users.arrays, glob)
         if self.with_items:
             codec.load_globals(items.arrays, glob)
-            load_items(items, [(e.decode("utf-8"), p) for e, _g, p in self.store.scan(idx, ITEMS, gen)])
+            load_items(items, [(e.decode("utf-8"), p) for e, _g, p in self.store.scan(idx, ITEMS, gen, verified=gen)])
         emit = self.store.get(idx, EMIT, b"emit", gen)
         return orjson.loads(emit) if emit is not None else {}
 

@@ -299,26 +299,33 @@ class Store:
             return None
         return decode(hit[1], f"{part_name(shard)} {table.decode()} {entity[:60]!r} generation {hit[0]}")
 
-    def scan(self, shard: int, table: bytes, gen: int, verify: bool = True) -> Iterator[tuple[bytes, int, bytes]]:
+    def scan(self, shard: int, table: bytes, gen: int, verify: bool = True,
+             verified: int | None = None) -> Iterator[tuple[bytes, int, bytes]]:
         """(entity, generation, payload) of every entity's newest version <= gen, in key
-        order; with ``verify=False`` the payload is the raw value, unchecked (for counting)."""
+        order; with ``verify=False`` the payload is the raw value, unchecked (for counting);
+        ``verified``: a generation ``verify_generation`` has just checked record by record,
+        whose records are not checked again."""
         start = _SHARD.pack(shard) + table
         with self.kv.begin() as txn:
             best = None
             for key, value in txn.items(start, start):
                 g = _GEN.unpack_from(key, len(key) - _GEN.size)[0]
                 if best is not None and best[0] != key[: -_GEN.size]:
-                    yield self._checked(shard, table, best, verify)
+                    yield self._checked(shard, table, best, verify, verified)
                     best = None
                 if g <= gen:
                     best = (key[: -_GEN.size], g, key, value)
             if best is not None:
-                yield self._checked(shard, table, best, verify)
+                yield self._checked(shard, table, best, verify, verified)
 
-    def _checked(self, shard, table, best, verify):
+    def _checked(self, shard, table, best, verify, verified=None):
         _prefix, g, key, value = best
         if not verify:
             return _raw_entity(key, value), g, value
+        if g == verified:  # checked a moment ago (``verify_generation``): only strip the frame
+            entity, payload = unwrap(key, value[_HDR.size : len(value) - _CRC.size], "")
+            return entity, g, payload
+
         def where():
             return f"{part_name(shard)} {table.decode()} {split_key(key)[2][:60]!r} generation {g}"
 
