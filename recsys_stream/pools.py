@@ -8,7 +8,7 @@ import numpy as np
 
 from .arrays import ROW, ArraySpec, StateArrays
 from .kernels.history import history_compact, history_move, history_relocations
-from .kernels.neighbors import FIRST_CAP, nb_compact, nb_heapify, nb_heapify_rows
+from .kernels.neighbors import FIRST_CAP, nb_compact, nb_heapify_rows
 from .kernels.pairset import pairset_grow, pairset_new
 
 
@@ -160,14 +160,15 @@ class NeighborPool:
 
     def set_rows(self, arrays: StateArrays, n_rows: int, rows: np.ndarray, m: np.ndarray, js: np.ndarray,
                  cs: np.ndarray) -> None:
-        """``set_row`` of many distinct rows at once: row ``rows[t]`` gets the next ``m[t]``
-        entries of ``(js, cs)``."""
+        """Make each of the distinct rows ``rows[t]`` exactly the next ``m[t]`` entries of
+        ``(js, cs)`` (a restore)."""
         rows = np.asarray(rows, dtype=np.int64)
         m = np.asarray(m, dtype=np.int64)
+        starts = np.cumsum(m) - m
         if self.is_dense:
-            ends = np.cumsum(m)
             for t, i in enumerate(rows.tolist()):
-                self.set_row(arrays, n_rows, i, js[ends[t] - m[t] : ends[t]], cs[ends[t] - m[t] : ends[t]])
+                self.dense[i, :] = 0
+                self.dense[i, js[starts[t] : starts[t] + m[t]]] = cs[starts[t] : starts[t] + m[t]]
             return
         off, n, cap = arrays[f"{self.name}.off"], arrays[f"{self.name}.nn"], arrays[f"{self.name}.cap"]
         grow = np.flatnonzero(m > cap[rows])
@@ -183,32 +184,12 @@ class NeighborPool:
             off[rows[grow]] = o + np.cumsum(c) - c
             cap[rows[grow]] = c
             self.used[0] = o + total
-        idx = np.repeat(off[rows] - (np.cumsum(m) - m), m) + np.arange(int(m.sum()))
+        idx = np.repeat(off[rows] - starts, m) + np.arange(int(m.sum()))
         self.pj[idx] = js
         self.pc[idx] = cs
         n[rows] = m
         nb_heapify_rows(off, n, self.pj, self.pc, rows)
 
     def set_row(self, arrays: StateArrays, n_rows: int, i: int, js: np.ndarray, cs: np.ndarray) -> None:
-        """Make row i exactly ``(js, cs)`` (a restore)."""
-        if self.is_dense:
-            self.dense[i, :] = 0
-            self.dense[i, js] = cs
-            return
-        m = len(js)
-        off, n, cap = arrays[f"{self.name}.off"], arrays[f"{self.name}.nn"], arrays[f"{self.name}.cap"]
-        if m > cap[i]:
-            c = FIRST_CAP
-            while c < m:
-                c *= 2
-            c = min(max(c, m), max(self.cap_max, m))
-            self.reserve(arrays, n_rows, c)
-            o = int(self.used[0])
-            off[i] = o
-            cap[i] = c
-            self.used[0] = o + c
-        o = int(off[i])
-        self.pj[o : o + m] = js
-        self.pc[o : o + m] = cs
-        n[i] = m
-        nb_heapify(off, n, self.pj, self.pc, i)
+        """Make row i exactly ``(js, cs)`` (``set_rows`` of one row)."""
+        self.set_rows(arrays, n_rows, np.array([i]), np.array([len(js)]), js, cs)

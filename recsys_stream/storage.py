@@ -322,14 +322,13 @@ class Store:
         _prefix, g, key, value = best
         if not verify:
             return _raw_entity(key, value), g, value
-        if g == verified:  # checked a moment ago (``verify_generation``): only strip the frame
-            entity, payload = unwrap(key, value[_HDR.size : len(value) - _CRC.size], "")
-            return entity, g, payload
 
         def where():
             return f"{part_name(shard)} {table.decode()} {split_key(key)[2][:60]!r} generation {g}"
 
-        entity, payload = unwrap(key, decode(value, where), where)
+        # a record of the generation ``verify_generation`` has just checked: only its frame goes
+        payload = value[_HDR.size : len(value) - _CRC.size] if g == verified else decode(value, where)
+        entity, payload = unwrap(key, payload, where)
         return entity, g, payload
 
     def verify_generation(self, shard: int, gen: int) -> Manifest:
@@ -345,6 +344,7 @@ class Store:
         x = 0
         with self.kv.begin() as txn:
             keys = self._index(txn, shard, gen)
+
             def where(key):
                 _s, table, entity, g = split_key(key)
                 return f"{part_name(shard)} {table.decode()} {entity!r} generation {g}"
