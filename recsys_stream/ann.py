@@ -22,8 +22,9 @@ at most N events, and an item is never returned with a stale score. Centroids ar
 old as the last build; rows move between lists as they drift (``kernels.ivf``).
 
 The models do not refresh it by batches: ``factorindex.FactorIndex`` hands the index to their
-kernels, which re-copy every row they change at once (``kernels.annk``), so their
-rankings read copies as fresh as the rows.
+kernels, which re-copy the row an event learns as a positive at once and a row changed
+as a sampled negative at every ``lag``-th update of it (``kernels.annk``), so their
+rankings read copies at most ``lag - 1`` updates behind the rows.
 """
 
 from __future__ import annotations

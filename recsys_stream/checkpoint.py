@@ -75,7 +75,7 @@ def layouts(users: UserState, items: ItemState) -> dict:
 
 # retrieval settings (``factorindex.FactorIndex``): they choose how lists are searched, not what is
 # stored, so a checkpoint restores under other values of them
-RETRIEVAL_PARAMS = ("ann", "ann_min_items", "ann_recall")
+RETRIEVAL_PARAMS = ("ann", "ann_min_items", "ann_recall", "ann_lag")
 
 
 def _comparable(key: str, value):

@@ -25,7 +25,9 @@ class FactorIndex:
     ``want_at`` items (``min_items``, or twice the rows of the last build), or when the
     index's health asks for one (rows outgrew ``M``, rows drifted out of their lists,
     ``IVFIndex.needs_rebuild``); its probe count is tuned for recall@10 >= ``recall`` on
-    the vectors of up to ``TUNE_USERS`` of the model's users (``IVFIndex.tune``). Rows
+    the vectors of up to ``TUNE_USERS`` of the model's users (``IVFIndex.tune``). The
+    kernels re-copy a row learned as a sampled negative at every ``lag``-th update of the
+    row, so a copy is at most ``lag - 1`` updates behind (``kernels.annk``). Rows
     changed outside the model's calls (other workers' updates) are re-copied when they
     arrive (``changed``).
 
@@ -40,10 +42,12 @@ class FactorIndex:
     """
 
     def __init__(self, prefix: str, dim: int, mode: str = "auto", min_items: int = 20_000, recall: float = 0.99,
-                 seed: int = 0):
+                 lag: int = 8, seed: int = 0):
         if mode not in ANN_MODES:
             raise ValueError(f"ann must be one of {ANN_MODES}, got {mode!r}")
-        self.prefix, self.dim, self.mode = prefix, int(dim), mode
+        if lag < 1:
+            raise ValueError(f"ann_lag must be >= 1, got {lag}")
+        self.prefix, self.dim, self.mode, self.lag = prefix, int(dim), mode, int(lag)
         self.min_items, self.recall, self.seed = int(min_items), float(recall), int(seed)
         self.ix: IVFIndex | None = None
         self.builds = 0
@@ -154,11 +158,11 @@ class FactorIndex:
         if ix is None:
             z = np.zeros(1, dtype=np.int64)
             f = np.zeros(1, np.float32)
-            return AnnK(0, 0.0, 0, 0, True, 0, self.want_at, self.per_event, np.zeros((1, 1), np.float32), f, z, z, z,
+            return AnnK(0, 0.0, 0, 0, True, 0, self.lag, self.want_at, self.per_event, np.zeros((1, 1), np.float32), f, z, z, z,
                         z, np.zeros(1, np.int32), np.zeros((1, self.dim), np.int8), f, f, np.zeros(1, np.int32), z,
                         np.zeros(7, np.int64), self._x, f)
         ix._ensure_rows(items.arrays.cap)
-        return AnnK(1, float(ix.M), int(ix.nprobe), int(ix.cand_for(10)), ix.quant, ix.check_every, self.want_at,
+        return AnnK(1, float(ix.M), int(ix.nprobe), int(ix.cand_for(10)), ix.quant, ix.check_every, self.lag, self.want_at,
                     self.per_event, ix.centT, ix.cn, ix.lstart, ix.llen, ix.lcap, ix.used, ix.slot_row, ix.slot_q,
                     ix.slot_scale, ix.slot_bias, ix.row_list, ix.row_slot, ix.stats, self._x,
                     np.zeros(ix.nlist, np.float32))

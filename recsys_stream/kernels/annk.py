@@ -1,18 +1,23 @@
 """The factor models' retrieval inside their kernel steps: the inverted-file index
 (``ivf``) as a structure a step receives, and the exact scan when it is off.
 
-The index is kept current inside the kernel: a learn step that changes an item row
-re-copies it into the index at once (``ann_refresh``), so every ranking reads copies as
-fresh as the rows, and the index's state is a function of the events in order, whatever
-the batches (one worker replays deterministically, the list emitted at an event is what
-a read right after it gives). Before an event changes rows, ``ann_ready`` says whether
+The index is kept current inside the kernel, with a stated staleness: a learn step
+re-copies the item row it learns as a positive into the index at once (``ann_refresh``);
+a row it changes as a sampled negative is re-copied when its update count (``ci``) is a
+multiple of ``lag`` (``ann_refresh_lagged``), so a copy is at most ``lag - 1`` updates
+of its row behind (``lag`` 1: every copy as fresh as its row). A negative's update is
+one small step away from a user, and copies only choose the candidates (their scores are
+exact), so re-copying it at once buys little and costs most of the index's upkeep: with
+32 negatives an event, 32 of the 33 rows it changes. The index's state is a function of
+the events in order, whatever the batches (one worker replays deterministically, the
+list emitted at an event is what a read right after it gives). Before an event changes rows, ``ann_ready`` says whether
 the index can take the changes; if not (the catalog reached ``want_at`` and a build is
 due, the index's health asks for one, or the arena may run out of room) the step
 returns ``NEED_ROOM`` before changing anything and the caller builds or grows the index
 (``factorindex.FactorIndex.grow``) and resumes the batch at that event.
 
 ``AnnK`` fields: ``on`` (0: rank by the exact scan, ``topk.score_factors``), ``M``,
-``nprobe``, ``cand`` (candidates re-scored exactly), ``quant``, ``check_every``,
+``nprobe``, ``cand`` (candidates re-scored exactly), ``quant``, ``check_every``, ``lag``,
 ``want_at`` (build when the catalog reaches it; -1 never), ``per_event`` (the most item
 rows one event changes), the index's arrays (``ann.IVFIndex``, ``kernels.ivf``) and two
 work arrays (``x``: a row's augmented vector, ``acc``: a score per list).
@@ -28,15 +33,15 @@ from .ivf import ivf_search, ivf_update_row
 from .layout import bind_constructor, define
 from .topk import score_factors
 
-AnnK, AnnKType = define("AnnK", ["on", "M", "nprobe", "cand", "quant", "check_every", "want_at", "per_event", "centT",
-                                 "cn", "lstart", "llen", "lcap", "used", "slot_row", "slot_q", "slot_scale",
+AnnK, AnnKType = define("AnnK", ["on", "M", "nprobe", "cand", "quant", "check_every", "lag", "want_at", "per_event",
+                                 "centT", "cn", "lstart", "llen", "lcap", "used", "slot_row", "slot_q", "slot_scale",
                                  "slot_bias", "row_list", "row_slot", "stats", "x", "acc"], __name__)
 
 
 @njit(cache=True)
-def _new_annk(on, M, nprobe, cand, quant, check_every, want_at, per_event, centT, cn, lstart, llen, lcap, used,
+def _new_annk(on, M, nprobe, cand, quant, check_every, lag, want_at, per_event, centT, cn, lstart, llen, lcap, used,
               slot_row, slot_q, slot_scale, slot_bias, row_list, row_slot, stats, x, acc):
-    return AnnK(on, M, nprobe, cand, quant, check_every, want_at, per_event, centT, cn, lstart, llen, lcap, used,
+    return AnnK(on, M, nprobe, cand, quant, check_every, lag, want_at, per_event, centT, cn, lstart, llen, lcap, used,
                 slot_row, slot_q, slot_scale, slot_bias, row_list, row_slot, stats, x, acc)
 
 
@@ -74,6 +79,14 @@ def ann_refresh(a, Q, b, j):
                               a.slot_scale, a.slot_bias, a.row_list, a.row_slot, a.quant, a.check_every, a.stats,
                               a.x, a.acc):
             a.stats[6] += 1  # no room, despite ann_ready: the row keeps its old copy
+
+
+@njit(cache=True, inline="always")
+def ann_refresh_lagged(a, Q, b, j, count):
+    """Item row ``j`` changed as a sampled negative, its ``count``-th update: re-copy it
+    into the index when ``count`` is a multiple of ``lag`` (see the module docstring)."""
+    if a.on and count % a.lag == 0:
+        ann_refresh(a, Q, b, j)
 
 
 @njit(cache=True, inline="always")

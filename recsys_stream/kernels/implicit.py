@@ -24,7 +24,9 @@ stays near it. Rows are drawn from N(0, init_std^2): a user's at its first updat
 item's when it is created, from its id (``init``).
 
 Ranking reads the model's retrieval index when it is on (``annk.factor_topk``: large
-catalogs), else scans every item; a changed item row is re-copied into the index at once.
+catalogs), else scans every item; the positive's item row is re-copied into the index at
+once, a negative's every ``lag``-th update of the row (``annk``: a copy at most ``lag - 1``
+updates behind its row).
 
 Steps (``driver``): ``rank``; ``learn_pre``, which only checks that the index can take
 the event's changes (``annk.ann_ready``); ``learn_post``, after ``observe``, so the event's item is
@@ -39,7 +41,7 @@ from collections import namedtuple
 
 from numba import njit
 
-from .annk import ann_ready, ann_refresh, factor_topk
+from .annk import ann_ready, ann_refresh, ann_refresh_lagged, factor_topk
 from .common import rng_below_at, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
@@ -113,7 +115,7 @@ def implicit_learn(m, us, it, u, i):
             Q[j, d] += lr * (-g * pu - reg * Q[j, d])
         b[i] += lr * (g - breg * b[i])
         b[j] += lr * (-g - breg * b[j])
-        ann_refresh(m.ann, Q, b, j)
+        ann_refresh_lagged(m.ann, Q, b, j, ci[j])
         if use_q8:
             quantize_row(Q, j, m.Q8, m.qs)
         if not math.isfinite(b[j]):

@@ -30,7 +30,8 @@ current ``Q`` and ``b``, and return their top-k by the project's ranking protoco
 exact, whatever the copies' age; only which rows become candidates is approximate.
 
 Updates (``ivf_update``). A changed row is re-copied into its slot, in place: under
-SGD rows drift slowly, and a copy as fresh as the row is what the scan needs. Every
+SGD rows drift slowly, so a copy a few updates old still finds its row (the models
+say how old theirs may be: ``annk``). Every
 ``check_every``-th updated row is also compared with every centroid and moved to the
 nearest list if that is not its own (a sample: the share of checked rows that moved
 estimates how many rows sit in a list that is no longer theirs); a row not indexed yet

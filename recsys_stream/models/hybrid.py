@@ -41,8 +41,9 @@ class HybridParams(Params):
     ann: str = "auto"  # the factor source's retrieval index (``ImplicitParams``)
     ann_min_items: int = 20_000
     ann_recall: float = 0.99
+    ann_lag: int = 8
 
-    POSITIVE = ("dim", "lr", "window", "recent", "neighbors", "alpha")
+    POSITIVE = ("dim", "lr", "window", "recent", "neighbors", "alpha", "ann_lag")
     NON_NEGATIVE = ("dense_items", "reg", "negatives", "candidates", "factor_candidates", "pop_candidates", "rerank_negatives",
                     "beta", "l1", "l2", "ann_min_items")
     UNIT = ("ann_recall",)
@@ -53,7 +54,7 @@ class HybridParams(Params):
 
     def implicit(self) -> ImplicitParams:
         return ImplicitParams(dim=self.dim, lr=self.lr, reg=self.reg, negatives=self.negatives, ann=self.ann,
-                              ann_min_items=self.ann_min_items, ann_recall=self.ann_recall)
+                              ann_min_items=self.ann_min_items, ann_recall=self.ann_recall, ann_lag=self.ann_lag)
 
     def itemknn(self) -> ItemKNNParams:
         return ItemKNNParams(window=self.window, recent=self.recent, neighbors=self.neighbors,

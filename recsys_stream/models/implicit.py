@@ -24,12 +24,14 @@ class ImplicitParams(Params):
     neg_tries: int = 4  # draws per negative before giving up (catalog nearly exhausted)
     quantized: bool = False
     # retrieval (``factorindex.FactorIndex``): "auto" ranks with the index from ann_min_items
-    # items on, "on" always, "off" never; the probe count is tuned for ann_recall
+    # items on, "on" always, "off" never; the probe count is tuned for ann_recall; a
+    # negative's copy in the index is re-copied every ann_lag-th update of its row
     ann: str = "auto"
     ann_min_items: int = 20_000
     ann_recall: float = 0.99
+    ann_lag: int = 8
 
-    POSITIVE = ("dim", "lr", "neg_tries")
+    POSITIVE = ("dim", "lr", "neg_tries", "ann_lag")
     NON_NEGATIVE = ("reg", "bias_reg", "init_std", "negatives", "ann_min_items")
     UNIT = ("ann_recall",)
 
@@ -45,9 +47,9 @@ def check_ann(mode: str) -> None:
 
 def factor_index(items, prefix: str, p) -> FactorIndex:
     """The retrieval index of the factor rows ``prefix`` on this item side, for params ``p``
-    (``dim``, ``ann``, ``ann_min_items``, ``ann_recall``)."""
+    (``dim``, ``ann``, ``ann_min_items``, ``ann_recall``, ``ann_lag``)."""
     return FactorIndex.of(items, prefix, p.dim, mode=p.ann, min_items=p.ann_min_items, recall=p.ann_recall,
-                          seed=int(items.arrays["seed"][0]) & 0x7FFFFFFF)
+                          lag=p.ann_lag, seed=int(items.arrays["seed"][0]) & 0x7FFFFFFF)
 
 
 def implicit_user_specs(prefix: str, dim: int) -> list[ArraySpec]:
