@@ -98,17 +98,32 @@ def list_items(ids: list, rows: np.ndarray, scores: np.ndarray) -> tuple[list, n
 def list_records(b, sel: np.ndarray, lst: np.ndarray, lst_sc: np.ndarray, ids: list, model: str,
                  versions: np.ndarray, why=None, sources: bool = False) -> list:
     """The list records of the events ``sel`` of ``b`` (an ``EventBatch``), from a kernel's
-    lists (``lst``/``lst_sc``, a row per event of ``b``) and the users' versions (one per
-    event of ``sel``); ``why``: the kernel's (why_item, why_val, why_src) rows, for
-    ``reasons``."""
-    recs = []
+    lists (``lst``/``lst_sc``, a row per event of ``b``, -1-padded) and the users' versions
+    (one per event of ``sel``); ``why``: the kernel's (why_item, why_val, why_src) rows, for
+    ``reasons``. The records ``list_record`` builds, with every column turned into Python
+    values once per batch (``tolist``), not per event and field."""
+    sel = np.asarray(sel, dtype=np.int64)
+    if not len(sel):
+        return []
+    rows = lst[sel]
+    counts = np.count_nonzero(rows >= 0, axis=1).tolist()
+    rows, scores = rows.tolist(), lst_sc[sel].tolist()
+    users = b.user[sel].tolist()
+    ts = b.ts[sel].astype(np.float64).tolist()
+    part, off = b.part[sel].astype(np.int64).tolist(), b.offset[sel].astype(np.int64).tolist()
+    ver = np.asarray(versions).astype(np.int64).tolist()
+    ingest = None if b.ingest is None else b.ingest[sel].astype(np.float64).tolist()
     if why is not None:  # the batch's reasons as Python lists at once (not per item)
         why = _as_lists(why[0][sel], why[1][sel], why[2][sel])
-    for j, e in enumerate(sel):
-        items, scores = list_items(ids, lst[e], lst_sc[e])
-        rec = list_record(b.user[e], items, scores, model, versions[j], b.ts[e], b.part[e], b.offset[e],
-                          None if b.ingest is None else b.ingest[e])
+    recs = []
+    for j in range(len(sel)):
+        m = counts[j]
+        items = [ids[r] for r in rows[j][:m]]
+        rec = {"user": users[j], "items": items, "scores": scores[j][:m], "model": model, "version": ver[j],
+               "event_ts": ts[j], "trigger": {"partition": part[j], "offset": off[j]}}
+        if ingest is not None:
+            rec["_ingest_ts"] = ingest[j]  # for the sink's latency metric; removed before writing
         if why is not None:
-            rec["reasons"] = reasons(ids, why[0][j], why[1][j], why[2][j], len(items), sources)
+            rec["reasons"] = reasons(ids, why[0][j], why[1][j], why[2][j], m, sources)
         recs.append(rec)
     return recs
