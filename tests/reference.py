@@ -14,6 +14,7 @@ import numpy as np
 
 M64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
+POP_HEAD = 4096  # the places of the popularity order kept sorted (kernels.popularity.HEAD)
 
 
 def mix64(z: int) -> int:
@@ -276,10 +277,17 @@ class Implicit:
                 pu = P[d]
                 P[d] = f32(pu + lr * (err * qi[d] - reg * pu))
                 qi[d] = f32(qi[d] + lr * (err * pu - reg * qi[d]))
+        order = None  # the popularity order as of this event (observed before learning)
+        share = getattr(p, "head_negatives", 0.0)
         for _ in range(p.negatives):
             j = -1
             for _t in range(p.neg_tries):
-                c = rng.below(core.n_items)
+                if core.n_items > POP_HEAD and share > 0.0 and rng.uniform() < share:
+                    if order is None:
+                        order = core.pop_order()
+                    c = order[rng.below(POP_HEAD)]  # uniform over the HEAD most popular
+                else:
+                    c = rng.below(core.n_items)
                 if c != i and (u, c) not in core.seen:
                     j = c
                     break
@@ -307,14 +315,17 @@ class Implicit:
         return np.array(self.P, np.float32), np.array(self.Q, np.float32), list(self.b)
 
 
-def run_implicit(events, p, k, core: Core):
+def run_implicit(events, p, k, core: Core, rank: bool = True):
+    """Positions of each event's item in the list before it (``rank``; else none) and the
+    state after the stream."""
     n_users = max(e[0] for e in events) + 1
     n_items = max(e[1] for e in events) + 1
     m = Implicit(p, n_users, n_items, core.seed)
     pos = []
     for u, i, _v, t in events:
-        lst = topk(m.scores(u, core.n_items), core.n_items, u, core.seen, k)
-        pos.append(position(lst, i) if i < core.n_items else -1)
+        if rank:
+            lst = topk(m.scores(u, core.n_items), core.n_items, u, core.seen, k)
+            pos.append(position(lst, i) if i < core.n_items else -1)
         core.observe(u, i, t)
         m.learn(u, i, core)
     return (pos, *m.arrays())

@@ -14,6 +14,7 @@ import pytest
 import reference as ref
 from conftest import make_batch, random_stream
 from recsys_stream.events import stable_hash64
+from recsys_stream.kernels.popularity import HEAD
 from recsys_stream.kernels.pairset import pairset_add, pairset_contains, pairset_grow, pairset_new
 from recsys_stream.kernels.topk import quantize_rows, score_factors, score_factors_q8, topk_masked
 from recsys_stream.models import ModelDivergedError, model_params
@@ -66,6 +67,33 @@ def test_implicit_matches_reference(isgd):
     np.testing.assert_allclose(sh.users.arrays["imp.P"][: len(sh.users)], P, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(sh.items.arrays["imp.Q"][: len(sh.items)], Q, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(sh.items.arrays["imp.b"][: len(sh.items)], b, rtol=1e-6, atol=1e-9)
+
+
+def test_implicit_head_negatives_match_reference():
+    """On a catalog larger than the popularity head, half the negatives come from the head
+    (uniform over its HEAD places, in the order as of the event); the state is the
+    reference's. Without the share the same stream learns something else."""
+    assert HEAD == ref.POP_HEAD
+    rng = np.random.default_rng(4)
+    n_new = HEAD + 300
+    ev = [(e % 40, e, 1.0, 1.0e9 + 60.0 * e) for e in range(n_new)]  # every item once: the catalog
+    raw = np.minimum(rng.zipf(1.2, 400) - 1, n_new - 1)  # then a stream over its popular part
+    ev += [(int(u), int(i), 1.0, 1.0e9 + 60.0 * (n_new + t)) for t, (u, i) in
+           enumerate(zip(rng.integers(0, 40, 400), raw))]
+    batch = make_batch([f"u{e[0]}" for e in ev], [f"i{e[1]}" for e in ev], np.array([e[3] for e in ev]),
+                       np.array([e[2] for e in ev]))
+    states = []
+    for share in (0.5, 0.0):
+        params = model_params("implicit", dim=4, negatives=6, head_negatives=share, ann="off")
+        s = ShardSettings(model="implicit", params=params, k=K, seed=5, evaluate=False)
+        sh, _pred, _pos = run_shard(s, batch, cuts=(100, HEAD + 50, HEAD + 51, HEAD + 400))
+        _, P, Q, b = ref.run_implicit(ev, params, K, core_for(s), rank=False)
+        n_u, n_i = len(sh.users), len(sh.items)
+        np.testing.assert_allclose(sh.users.arrays["imp.P"][:n_u], P, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(sh.items.arrays["imp.Q"][:n_i], Q, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(sh.items.arrays["imp.b"][:n_i], b, rtol=1e-6, atol=1e-9)
+        states.append(np.array(b))
+    assert not np.allclose(states[0], states[1])
 
 
 def test_itemknn_matches_reference():

@@ -11,8 +11,10 @@ Per positive event (u, i), two optional parts:
       p_u += eta * (e * q_i - lambda * p_u)
       q_i += eta * (e * p_u - lambda * q_i)
 
-- BPR-style sampled negatives (Rendle et al. 2009): ``n_neg`` items ``j`` drawn uniformly
-  from the catalog, skipping ``i`` and the user's own items; for each, with
+- BPR-style sampled negatives (Rendle et al. 2009): ``n_neg`` items ``j``, skipping ``i``
+  and the user's own items, each drawn uniformly from the catalog or, with probability
+  ``head_negatives`` when the catalog is larger than the popularity head (``HEAD``
+  items, ``popularity``), uniformly from that head; for each, with
   ``x = s(u, i) - s(u, j)`` and ``g = sigmoid(-x)``::
 
       p_u += eta * (g * (q_i - q_j) - lambda * p_u)
@@ -20,7 +22,12 @@ Per positive event (u, i), two optional parts:
       q_j += eta * (-g * p_u - lambda * q_j);  b_j += eta * (-g - lambda_b * b_j)
 
 A factor model needs many negatives per event before it beats popularity; one per event
-stays near it. Rows are drawn from N(0, init_std^2): a user's at its first update, an
+stays near it. On a large catalog with a long tail, uniform negatives are nearly all
+tail items the user was never going to pick, so they teach little about ordering the
+items people do pick (Rendle & Freudenthaler 2014, "Improving pairwise learning for item
+recommendation from implicit feedback", sample by popularity for that reason): drawing
+a share from the popularity head makes the head compete with itself. On a catalog of at
+most ``HEAD`` items the head is the whole catalog and every draw is uniform, as before. Rows are drawn from N(0, init_std^2): a user's at its first update, an
 item's when it is created, from its id (``init``).
 
 Ranking reads the model's retrieval index when it is on (``annk.factor_topk``: large
@@ -42,17 +49,18 @@ from collections import namedtuple
 from numba import njit
 
 from .annk import ann_ready, ann_refresh, ann_refresh_lagged, factor_topk
-from .common import rng_below_at, sigmoid
+from .common import rng_below_at, rng_uniform_at, sigmoid
 from .core import user_pop_topk, user_topk
 from .driver import register_steps
 from .explain import explain_factors
 from .layout import DIVERGED, NEED_ROOM, OK, bind_constructor, define
 from .init import init_user_row
 from .pairset import pairset_contains
+from .popularity import HEAD
 from .topk import quantize_row, score_factors_q8
 
 ImplicitHP = namedtuple("ImplicitHP", ["lr", "reg", "bias_reg", "init_std", "isgd", "negatives", "neg_tries",
-                                       "quantized"])
+                                       "head_negatives", "quantized"])
 ImplicitK, ImplicitKType = define("ImplicitK", ['P', 'cu', 'Q', 'b', 'ci', 'Q8', 'qs', 'hp', 'tmp', 'ann'], __name__)
 
 
@@ -93,7 +101,10 @@ def implicit_learn(m, us, it, u, i):
     for _ in range(hp.negatives):
         j = -1
         for _t in range(hp.neg_tries):
-            c = rng_below_at(rng, u, n_cat) if n_cat > 0 else -1
+            if n_cat > HEAD and hp.head_negatives > 0.0 and rng_uniform_at(rng, u) < hp.head_negatives:
+                c = it.porder[rng_below_at(rng, u, HEAD)]  # the head's places hold its items
+            else:
+                c = rng_below_at(rng, u, n_cat) if n_cat > 0 else -1
             if c < 0:
                 break
             if c != i and active[c] != 0 and not pairset_contains(us.seen, u, c):

@@ -22,6 +22,8 @@ class ImplicitParams(Params):
     isgd: bool = False  # add the ISGD positive step (target 1) of Vinagre et al.
     negatives: int = 32  # sampled BPR negatives per event
     neg_tries: int = 4  # draws per negative before giving up (catalog nearly exhausted)
+    # share of negatives drawn from the popularity head on catalogs larger than it
+    head_negatives: float = 0.5
     quantized: bool = False
     # retrieval (``factorindex.FactorIndex``): "auto" ranks with the index from ann_min_items
     # items on, "on" always, "off" never; the probe count is tuned for ann_recall; a
@@ -33,7 +35,7 @@ class ImplicitParams(Params):
 
     POSITIVE = ("dim", "lr", "neg_tries", "ann_lag")
     NON_NEGATIVE = ("reg", "bias_reg", "init_std", "negatives", "ann_min_items")
-    UNIT = ("ann_recall",)
+    UNIT = ("ann_recall", "head_negatives")
 
     def __post_init__(self):
         super().__post_init__()
