@@ -300,11 +300,14 @@ class Implicit:
             for d in range(dim):
                 x += f32(P[d] * diff[d])
             g = sigmoid(-x)
+            c = getattr(p, "item_decay", 0.0)  # an item row's step decays with its updates
+            lri = lr * math.sqrt(c / (c + self.ci[i])) if c > 0 else lr
+            lrj = lr * math.sqrt(c / (c + self.ci[j])) if c > 0 else lr
             for d in range(dim):
                 pu = P[d]
                 P[d] = f32(pu + lr * (g * diff[d] - reg * pu))
-                qi[d] = f32(qi[d] + lr * (g * pu - reg * qi[d]))
-                qj[d] = f32(qj[d] + lr * (-g * pu - reg * qj[d]))
+                qi[d] = f32(qi[d] + lri * (g * pu - reg * qi[d]))
+                qj[d] = f32(qj[d] + lrj * (-g * pu - reg * qj[d]))
             b[i] += lr * (g - p.bias_reg * b[i])
             b[j] += lr * (-g - p.bias_reg * b[j])
         self.cu[u] += 1

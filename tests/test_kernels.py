@@ -56,10 +56,10 @@ def test_mf_matches_reference(adagrad):
     np.testing.assert_allclose(ia["mf.bi"][:n_i], m.bi, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("isgd", [False, True])
-def test_implicit_matches_reference(isgd):
+@pytest.mark.parametrize("isgd,decay", [(False, 1000.0), (True, 1000.0), (False, 5.0), (False, 0.0)])
+def test_implicit_matches_reference(isgd, decay):
     ev, batch = random_stream(n=250)
-    params = model_params("implicit", dim=4, negatives=3, isgd=isgd)
+    params = model_params("implicit", dim=4, negatives=3, isgd=isgd, item_decay=decay)
     s = ShardSettings(model="implicit", params=params, k=K, seed=5)
     sh, _pred, pos = run_shard(s, batch)
     rpos, P, Q, b = ref.run_implicit(ev, params, K, core_for(s))

@@ -18,8 +18,14 @@ Per positive event (u, i), two optional parts:
   ``x = s(u, i) - s(u, j)`` and ``g = sigmoid(-x)``::
 
       p_u += eta * (g * (q_i - q_j) - lambda * p_u)
-      q_i += eta * (g * p_u - lambda * q_i);   b_i += eta * (g - lambda_b * b_i)
-      q_j += eta * (-g * p_u - lambda * q_j);  b_j += eta * (-g - lambda_b * b_j)
+      q_i += eta_i * (g * p_u - lambda * q_i);   b_i += eta * (g - lambda_b * b_i)
+      q_j += eta_j * (-g * p_u - lambda * q_j);  b_j += eta * (-g - lambda_b * b_j)
+
+  where an item row's step decays with the updates it has had (``ci``, negatives
+  included): ``eta_i = eta * sqrt(C / (C + ci[i]))``, ``C = item_decay`` (0: ``eta``), the
+  per-coordinate ``1/sqrt(n)`` schedule of online learning (as in FTRL, McMahan et al.
+  2013). A popular item's vector then averages over its many users instead of following
+  the last few, and a new item still learns at the full rate.
 
 A factor model needs many negatives per event before it beats popularity; one per event
 stays near it. On a large catalog with a long tail, uniform negatives are nearly all
@@ -60,7 +66,7 @@ from .popularity import HEAD
 from .topk import quantize_row, score_factors_q8
 
 ImplicitHP = namedtuple("ImplicitHP", ["lr", "reg", "bias_reg", "init_std", "isgd", "negatives", "neg_tries",
-                                       "head_negatives", "quantized"])
+                                       "head_negatives", "item_decay", "quantized"])
 ImplicitK, ImplicitKType = define("ImplicitK", ['P', 'cu', 'Q', 'b', 'ci', 'Q8', 'qs', 'hp', 'tmp', 'ann'], __name__)
 
 
@@ -82,6 +88,7 @@ def implicit_learn(m, us, it, u, i):
     lr = hp.lr
     reg = hp.reg
     breg = hp.bias_reg
+    decay = hp.item_decay
     init = hp.init_std
     use_q8 = hp.quantized
     if m.cu[u] == 0:
@@ -118,12 +125,17 @@ def implicit_learn(m, us, it, u, i):
         for d in range(dim):
             x += P[u, d] * (Q[i, d] - Q[j, d])
         g = sigmoid(-x)
+        lri = lr
+        lrj = lr
+        if decay > 0.0:
+            lri = lr * math.sqrt(decay / (decay + ci[i]))
+            lrj = lr * math.sqrt(decay / (decay + ci[j]))
         for d in range(dim):
             pu = P[u, d]
             tmp[d] = Q[i, d] - Q[j, d]
             P[u, d] += lr * (g * tmp[d] - reg * pu)
-            Q[i, d] += lr * (g * pu - reg * Q[i, d])
-            Q[j, d] += lr * (-g * pu - reg * Q[j, d])
+            Q[i, d] += lri * (g * pu - reg * Q[i, d])
+            Q[j, d] += lrj * (-g * pu - reg * Q[j, d])
         b[i] += lr * (g - breg * b[i])
         b[j] += lr * (-g - breg * b[j])
         ann_refresh_lagged(m.ann, Q, b, j, ci[j])

@@ -24,6 +24,8 @@ class ImplicitParams(Params):
     neg_tries: int = 4  # draws per negative before giving up (catalog nearly exhausted)
     # share of negatives drawn from the popularity head on catalogs larger than it
     head_negatives: float = 0.5
+    # an item row's pair steps scaled by sqrt(item_decay / (item_decay + its updates)); 0: constant
+    item_decay: float = 1000.0
     quantized: bool = False
     # retrieval (``factorindex.FactorIndex``): "auto" ranks with the index from ann_min_items
     # items on, "on" always, "off" never; the probe count is tuned for ann_recall; a
@@ -34,7 +36,7 @@ class ImplicitParams(Params):
     ann_lag: int = 8
 
     POSITIVE = ("dim", "lr", "neg_tries", "ann_lag")
-    NON_NEGATIVE = ("reg", "bias_reg", "init_std", "negatives", "ann_min_items")
+    NON_NEGATIVE = ("reg", "bias_reg", "init_std", "negatives", "ann_min_items", "item_decay")
     UNIT = ("ann_recall", "head_negatives")
 
     def __post_init__(self):
