@@ -40,4 +40,4 @@ def array(name: str, n: int, dtype, fill=0) -> np.ndarray:
 
 def scratch(n_items: int, k: int) -> Scratch:
     return Scratch(array("scores", n_items, np.float64), array("excl", n_items, np.uint8),
-                   array(f"sc_k", max(k, 1), np.float64))
+                   array("sc_k", max(k, 1), np.float64))
