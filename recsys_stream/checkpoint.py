@@ -78,9 +78,21 @@ def layouts(users: UserState, items: ItemState) -> dict:
 RETRIEVAL_PARAMS = ("ann", "ann_min_items", "ann_recall", "ann_lag")
 
 
-def _comparable(key: str, value):
+# parameters added after checkpoints were written with the model that has them, each with the
+# value that does what the model did before it existed: a checkpoint without one was made
+# with that value, so it restores under that value and refuses any other
+ADDED_PARAMS = {"head_negatives": 0.0, "item_decay": 0.0}
+
+
+def _comparable(key: str, value, mine=None):
+    """``value`` of setting ``key`` as a restore compares it; ``mine``: the job's value of
+    it, when ``value`` is the stored one (an added parameter missing from a stored
+    ``params`` takes its old value, where the job's model has it)."""
     if key == "params" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in RETRIEVAL_PARAMS}
+        out = {k: v for k, v in value.items() if k not in RETRIEVAL_PARAMS}
+        if isinstance(mine, dict):
+            out |= {k: v for k, v in ADDED_PARAMS.items() if k in mine and k not in out}
+        return out
     return value
 
 
@@ -114,9 +126,10 @@ class Checkpointer:
     def check_meta(self, meta: dict, gen: int) -> None:
         mine = self.meta()
         for key in SETTINGS_KEYS:
-            if _comparable(key, meta.get(key)) != _comparable(key, mine[key]):
+            stored = _comparable(key, meta.get(key), mine[key])
+            if stored != _comparable(key, mine[key]):
                 raise SettingsMismatch(
-                    f"shard {self.index}: generation {gen} was written with {key}={meta.get(key)!r}, "
+                    f"shard {self.index}: generation {gen} was written with {key}={stored!r}, "
                     f"but this job runs {key}={mine[key]!r}; restoring it would give wrong state. Run with the "
                     "settings the checkpoint was made with (`recsys-stream inspect DIR --json` shows them), or "
                     "start from a new --checkpoint-dir"

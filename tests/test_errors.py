@@ -331,6 +331,31 @@ def test_item4_checkpointer_level_settings_mismatch_keeps_older_generations(tmp_
     assert st.head(0) == gens[-1]
 
 
+def test_a_checkpoint_from_before_a_parameter_existed_restores_under_its_old_value(tmp_path):
+    """A stored ``params`` without a parameter added since (``checkpoint.ADDED_PARAMS``) was
+    made with the value that does what the model did then: a job with that value
+    restores it, a job with another value is refused, naming the value it was made with."""
+    from recsys_stream.checkpoint import ADDED_PARAMS, Checkpointer, SettingsMismatch
+    from recsys_stream.models import model_params
+    from recsys_stream.shard import Shard, ShardSettings
+    from recsys_stream.storage import Store
+
+    st = Store(str(tmp_path / "s"))
+
+    def checkpointer(**params):
+        sh = Shard(0, ShardSettings(model="implicit", params=model_params("implicit", **params), seed=7))
+        return Checkpointer(sh, st)
+
+    old = checkpointer(**ADDED_PARAMS).meta()
+    for k in ADDED_PARAMS:
+        del old["params"][k]  # as a checkpoint written before the parameters were added
+    checkpointer(**ADDED_PARAMS).check_meta(old, 1)
+    with pytest.raises(SettingsMismatch) as info:
+        checkpointer().check_meta(old, 1)  # today's defaults (0.5, 1000)
+    assert "'head_negatives': 0.0" in str(info.value) and "'item_decay': 0.0" in str(info.value)
+    st.close()
+
+
 # -- item 10 and JSON logs ------------------------------------------------------------------------
 
 
