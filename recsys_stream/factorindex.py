@@ -158,12 +158,12 @@ class FactorIndex:
         if ix is None:
             z = np.zeros(1, dtype=np.int64)
             f = np.zeros(1, np.float32)
-            return AnnK(0, 0.0, 0, 0, True, 0, self.lag, self.want_at, self.per_event, np.zeros((1, 1), np.float32), f, z, z, z,
-                        z, np.zeros(1, np.int32), np.zeros((1, self.dim), np.int8), f, f, np.zeros(1, np.int32), z,
-                        np.zeros(7, np.int64), self._x, f)
+            return AnnK(0, 0.0, 0, 0, True, 0, self.lag, self.want_at, self.per_event, np.zeros((1, 1), np.float32), f,
+                        z, z, z, z, np.zeros(1, np.int32), np.zeros((1, self.dim), np.int8), f, f,
+                        np.zeros(1, np.int32), z, np.zeros(7, np.int64), self._x, f)
         ix._ensure_rows(items.arrays.cap)
-        return AnnK(1, float(ix.M), int(ix.nprobe), int(ix.cand_for(10)), ix.quant, ix.check_every, self.lag, self.want_at,
-                    self.per_event, ix.centT, ix.cn, ix.lstart, ix.llen, ix.lcap, ix.used, ix.slot_row, ix.slot_q,
+        return AnnK(1, float(ix.M), int(ix.nprobe), int(ix.cand_for(10)), ix.quant, ix.check_every, self.lag,
+                    self.want_at, self.per_event, ix.centT, ix.cn, ix.lstart, ix.llen, ix.lcap, ix.used, ix.slot_row, ix.slot_q,
                     ix.slot_scale, ix.slot_bias, ix.row_list, ix.row_slot, ix.stats, self._x,
                     np.zeros(ix.nlist, np.float32))
 

@@ -40,17 +40,25 @@ def list_record(user: str, items: list, scores, model: str, version: int, event_
     {'user': '42', 'items': ['i3', 'i9'], 'scores': [0.91, 0.88], 'model': 'itemknn', 'version': 17,
      'event_ts': 1700000000.5, 'trigger': {'partition': 0, 'offset': 1234}}
     """
+    return _record(user, items, [float(x) for x in scores], model, int(version), float(event_ts), int(partition),
+                   int(offset), None if ingest_ts is None else float(ingest_ts))
+
+
+def _record(user: str, items: list, scores: list, model: str, version: int, event_ts: float, partition: int,
+            offset: int, ingest_ts: float | None) -> dict:
+    """The record's fields, from values that are Python's already (``list_record``,
+    ``list_records``)."""
     rec = {
         "user": user,
         "items": items,
-        "scores": [float(x) for x in scores],
+        "scores": scores,
         "model": model,
-        "version": int(version),
-        "event_ts": float(event_ts),
-        "trigger": {"partition": int(partition), "offset": int(offset)},
+        "version": version,
+        "event_ts": event_ts,
+        "trigger": {"partition": partition, "offset": offset},
     }
     if ingest_ts is not None:
-        rec["_ingest_ts"] = float(ingest_ts)  # for the sink's latency metric; removed before writing
+        rec["_ingest_ts"] = ingest_ts  # for the sink's latency metric; removed before writing
     return rec
 
 
@@ -112,17 +120,14 @@ def list_records(b, sel: np.ndarray, lst: np.ndarray, lst_sc: np.ndarray, ids: l
     ts = b.ts[sel].astype(np.float64).tolist()
     part, off = b.part[sel].astype(np.int64).tolist(), b.offset[sel].astype(np.int64).tolist()
     ver = np.asarray(versions).astype(np.int64).tolist()
-    ingest = None if b.ingest is None else b.ingest[sel].astype(np.float64).tolist()
+    ingest = [None] * len(sel) if b.ingest is None else b.ingest[sel].astype(np.float64).tolist()
     if why is not None:  # the batch's reasons as Python lists at once (not per item)
         why = _as_lists(why[0][sel], why[1][sel], why[2][sel])
     recs = []
     for j in range(len(sel)):
         m = counts[j]
-        items = [ids[r] for r in rows[j][:m]]
-        rec = {"user": users[j], "items": items, "scores": scores[j][:m], "model": model, "version": ver[j],
-               "event_ts": ts[j], "trigger": {"partition": part[j], "offset": off[j]}}
-        if ingest is not None:
-            rec["_ingest_ts"] = ingest[j]  # for the sink's latency metric; removed before writing
+        rec = _record(users[j], [ids[r] for r in rows[j][:m]], scores[j][:m], model, ver[j], ts[j], part[j], off[j],
+                      ingest[j])
         if why is not None:
             rec["reasons"] = reasons(ids, why[0][j], why[1][j], why[2][j], m, sources)
         recs.append(rec)

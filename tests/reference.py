@@ -279,6 +279,8 @@ class Implicit:
                 qi[d] = f32(qi[d] + lr * (err * pu - reg * qi[d]))
         order = None  # the popularity order as of this event (observed before learning)
         share = getattr(p, "head_negatives", 0.0)
+        decay = getattr(p, "item_decay", 0.0)  # an item row's step decays with its updates
+        lri = lr * math.sqrt(decay / (decay + self.ci[i])) if decay > 0 else lr
         for _ in range(p.negatives):
             j = -1
             for _t in range(p.neg_tries):
@@ -300,9 +302,7 @@ class Implicit:
             for d in range(dim):
                 x += f32(P[d] * diff[d])
             g = sigmoid(-x)
-            c = getattr(p, "item_decay", 0.0)  # an item row's step decays with its updates
-            lri = lr * math.sqrt(c / (c + self.ci[i])) if c > 0 else lr
-            lrj = lr * math.sqrt(c / (c + self.ci[j])) if c > 0 else lr
+            lrj = lr * math.sqrt(decay / (decay + self.ci[j])) if decay > 0 else lr
             for d in range(dim):
                 pu = P[d]
                 P[d] = f32(pu + lr * (g * diff[d] - reg * pu))

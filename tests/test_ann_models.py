@@ -79,7 +79,8 @@ def test_the_index_holds_every_row_as_it_is_now_within_its_lag(model, lag, strea
     for j in rows:
         s = ix.row_slot[j]
         quantize_into(Q, j, q8, scale, 0)
-        same = np.array_equal(ix.slot_q[s], q8[0]) and ix.slot_scale[s] == scale[0] and ix.slot_bias[s] == np.float32(b[j])
+        same = (np.array_equal(ix.slot_q[s], q8[0]) and ix.slot_scale[s] == scale[0]
+                and ix.slot_bias[s] == np.float32(b[j]))
         if ci[j] % lag == 0:  # the row's last update (a positive's or a negative's) re-copied it
             assert same, (j, ci[j])
         fresh += same

@@ -10,8 +10,8 @@ one small step away from a user, and copies only choose the candidates (their sc
 exact), so re-copying it at once buys little and costs most of the index's upkeep: with
 32 negatives an event, 32 of the 33 rows it changes. The index's state is a function of
 the events in order, whatever the batches (one worker replays deterministically, the
-list emitted at an event is what a read right after it gives). Before an event changes rows, ``ann_ready`` says whether
-the index can take the changes; if not (the catalog reached ``want_at`` and a build is
+list emitted at an event is what a read right after it gives). Before an event changes
+rows, ``ann_ready`` says whether the index can take the changes; if not (the catalog reached ``want_at`` and a build is
 due, the index's health asks for one, or the arena may run out of room) the step
 returns ``NEED_ROOM`` before changing anything and the caller builds or grows the index
 (``factorindex.FactorIndex.grow``) and resumes the batch at that event.

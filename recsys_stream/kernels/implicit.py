@@ -33,8 +33,9 @@ tail items the user was never going to pick, so they teach little about ordering
 items people do pick (Rendle & Freudenthaler 2014, "Improving pairwise learning for item
 recommendation from implicit feedback", sample by popularity for that reason): drawing
 a share from the popularity head makes the head compete with itself. On a catalog of at
-most ``HEAD`` items the head is the whole catalog and every draw is uniform, as before. Rows are drawn from N(0, init_std^2): a user's at its first update, an
-item's when it is created, from its id (``init``).
+most ``HEAD`` items the head is the whole catalog and every draw is uniform, as before.
+Rows are drawn from N(0, init_std^2): a user's at its first update, an item's when it
+is created, from its id (``init``).
 
 Ranking reads the model's retrieval index when it is on (``annk.factor_topk``: large
 catalogs), else scans every item; the positive's item row is re-copied into the index at
@@ -105,6 +106,7 @@ def implicit_learn(m, us, it, u, i):
     n_cat = it.n[0]
     active = it.active
     rng = us.rng
+    lri = lr * math.sqrt(decay / (decay + ci[i])) if decay > 0.0 else lr  # ci[i] moves after the pairs
     for _ in range(hp.negatives):
         j = -1
         for _t in range(hp.neg_tries):
@@ -125,11 +127,7 @@ def implicit_learn(m, us, it, u, i):
         for d in range(dim):
             x += P[u, d] * (Q[i, d] - Q[j, d])
         g = sigmoid(-x)
-        lri = lr
-        lrj = lr
-        if decay > 0.0:
-            lri = lr * math.sqrt(decay / (decay + ci[i]))
-            lrj = lr * math.sqrt(decay / (decay + ci[j]))
+        lrj = lr * math.sqrt(decay / (decay + ci[j])) if decay > 0.0 else lr
         for d in range(dim):
             pu = P[u, d]
             tmp[d] = Q[i, d] - Q[j, d]
